@@ -1,0 +1,362 @@
+//! The command line: every flag, its help text and its default, defined once.
+//!
+//! websocketd parses its flags with Go's `flag` package, and users' scripts and unit files
+//! already contain every spelling that package accepts: `--port=8080`, `--port 8080`,
+//! `-port=8080`, `-port 8080`, and booleans bare or as `--binary=true`. [`parse_args`] accepts all
+//! of them: it rewrites single-dash long flags to the double-dash form clap expects (only before
+//! the COMMAND, so the command's own `-l` style arguments pass through untouched), and boolean
+//! flags take an optional `=VALUE` in Go's `strconv.ParseBool` syntax.
+//!
+//! The help, the manual page (`man/wsd.1`) and the flag list in the README all come from this
+//! one definition; a test fails when the checked-in manual page is stale.
+
+use std::ffi::OsString;
+
+use clap::{ArgAction, CommandFactory, Parser, ValueEnum};
+
+/// Largest child-output line sent as one message, before it is split (wsd's own flag).
+pub const DEFAULT_MAX_LINE_BYTES: usize = 16 << 20;
+/// Largest client message accepted (websocketd 0.5's default for `--maxframesize`).
+pub const DEFAULT_MAX_FRAME_SIZE: i64 = 1 << 20;
+/// Concurrent child processes allowed (websocketd 0.5's default for `--maxforks`).
+pub const DEFAULT_MAX_FORKS: i64 = 1024;
+
+/// Log levels, most verbose first, with websocketd's names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, ValueEnum)]
+pub enum LogLevel {
+    /// Everything, including each environment variable given to a child.
+    Debug,
+    /// Protocol-level events (pings, frames that were ignored).
+    Trace,
+    /// One line per HTTP request and per connection open and close (the default).
+    Access,
+    /// Server start-up and configuration.
+    Info,
+    /// Errors only, and the children's stderr.
+    Error,
+    /// Only errors that stop the server.
+    Fatal,
+    /// Nothing at all.
+    None,
+}
+
+/// wsd: turn any program that reads stdin and writes stdout into a WebSocket server.
+///
+/// Each WebSocket connection starts COMMAND (or, with --dir, the program the URL path names)
+/// as its own process. Every line the program prints on stdout is sent to the client as a
+/// message, and every message the client sends is written to the program's stdin as a line.
+/// When the client leaves, the program's stdin is closed and its process group is signalled
+/// (SIGINT, SIGTERM, SIGKILL); when the program exits, the client gets a close frame.
+///
+/// Flags can be written as websocketd and Go's flag package accept them: --flag=value,
+/// --flag value, -flag=value or -flag value; boolean flags bare or as --flag=true/false.
+#[derive(Debug, Parser)]
+#[command(
+    name = "wsd",
+    version,
+    disable_version_flag = true,
+    args_override_self = true,
+    after_help = "Examples:\n  wsd --port=8080 ./count.sh\n  wsd --port=8080 --dir=./handlers\n  wsd --port=8080 --binary=true cat"
+)]
+pub struct Cli {
+    /// TCP port to listen on [default: 80, or 443 with --ssl].
+    #[arg(long, value_name = "PORT", help_heading = "Listening")]
+    pub port: Option<u16>,
+
+    /// Interface to listen on; repeat for several. IPv6 addresses may be written in brackets
+    /// ([::1]). Default: all interfaces.
+    #[arg(long, value_name = "ADDRESS", help_heading = "Listening")]
+    pub address: Vec<String>,
+
+    /// Also listen on this Unix domain socket. With no --port, --address or --redirport, listen
+    /// only there. A stale socket file left by a crashed server is removed; a socket another
+    /// running server holds is refused.
+    #[arg(long, value_name = "PATH", help_heading = "Listening")]
+    pub unixsocket: Option<String>,
+
+    /// Binary mode: stdout bytes are sent as binary messages in the chunks they are read, and
+    /// client messages are written to stdin byte for byte (text messages get a newline).
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, require_equals = true,
+          default_missing_value = "true", value_parser = parse_go_bool, action = ArgAction::Set,
+          default_value = "false", hide_default_value = true, help_heading = "Data")]
+    pub binary: bool,
+
+    /// Send the program's stderr to the client too: every message becomes JSON,
+    /// {"stream":"stdout","data":"..."} or {"stream":"stderr","data":"..."}. Stderr is still
+    /// logged. Not with --binary.
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, require_equals = true,
+          default_missing_value = "true", value_parser = parse_go_bool, action = ArgAction::Set,
+          default_value = "false", hide_default_value = true, help_heading = "Data")]
+    pub passstderr: bool,
+
+    /// Largest client message in bytes; a larger one closes the connection with 1009
+    /// (message too big). 0 means no limit.
+    #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_MAX_FRAME_SIZE,
+          allow_negative_numbers = true, help_heading = "Data")]
+    pub maxframesize: i64,
+
+    /// Longest stdout line sent as one message. A longer line is sent in pieces of this size
+    /// (with one warning in the log), so memory stays bounded and nothing is lost.
+    #[arg(long = "max-line-bytes", value_name = "BYTES", default_value_t = DEFAULT_MAX_LINE_BYTES,
+          value_parser = parse_positive_usize, help_heading = "Data")]
+    pub max_line_bytes: usize,
+
+    /// Serve every executable in DIR, chosen by the URL path (/foo runs DIR/foo). Not with
+    /// COMMAND.
+    #[arg(long, value_name = "DIR", help_heading = "Programs")]
+    pub dir: Option<String>,
+
+    /// Environment variables passed from wsd's own environment to the programs, comma
+    /// separated. Every other variable of wsd's environment is withheld.
+    #[arg(long, value_name = "VAR[,VAR...]", default_value = "PATH,LD_LIBRARY_PATH",
+          help_heading = "Programs")]
+    pub passenv: String,
+
+    /// Look up the client's host name (REMOTE_HOST) with reverse DNS.
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, require_equals = true,
+          default_missing_value = "true", value_parser = parse_go_bool, action = ArgAction::Set,
+          default_value = "false", hide_default_value = true, help_heading = "Programs")]
+    pub reverselookup: bool,
+
+    /// Most programs running at once; a connection beyond it is answered 429 Too Many
+    /// Requests. 0 or less means no limit.
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_FORKS,
+          allow_negative_numbers = true, help_heading = "Programs")]
+    pub maxforks: i64,
+
+    /// Extra grace in milliseconds before a program whose client left is signalled. Its stdin
+    /// is closed at once; SIGINT, SIGTERM and SIGKILL go to its whole process group after
+    /// 100, 250 and 500 ms more, each plus this value.
+    #[arg(long, value_name = "MS", default_value_t = 0, help_heading = "Programs")]
+    pub closems: u64,
+
+    /// Send a WebSocket ping every MS milliseconds; a client that answers nothing for two
+    /// intervals is disconnected. 0 disables pings.
+    #[arg(long, value_name = "MS", default_value_t = 0, help_heading = "Programs")]
+    pub pingms: u64,
+
+    /// Accept upgrades only from these origins ([scheme://]host[:port], comma separated); others
+    /// get 403. Without a port any port matches; without a scheme both http and https do.
+    #[arg(long, value_name = "ORIGINS", help_heading = "Access control")]
+    pub origin: Option<String>,
+
+    /// Accept upgrades only when the Origin header matches the Host header; others get 403.
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, require_equals = true,
+          default_missing_value = "true", value_parser = parse_go_bool, action = ArgAction::Set,
+          default_value = "false", hide_default_value = true, help_heading = "Access control")]
+    pub sameorigin: bool,
+
+    /// Extra header ("Name: value") on every response; repeatable.
+    #[arg(long, value_name = "HEADER", help_heading = "Headers")]
+    pub header: Vec<String>,
+
+    /// Extra header on WebSocket upgrade responses only; repeatable.
+    #[arg(long = "header-ws", value_name = "HEADER", help_heading = "Headers")]
+    pub header_ws: Vec<String>,
+
+    /// Extra header on plain HTTP responses only; repeatable.
+    #[arg(long = "header-http", value_name = "HEADER", help_heading = "Headers")]
+    pub header_http: Vec<String>,
+
+    /// Log verbosity. Logs go to stdout in websocketd's format, one line per event.
+    #[arg(long, value_name = "LEVEL", value_enum, default_value_t = LogLevel::Access,
+          help_heading = "Logging")]
+    pub loglevel: LogLevel,
+
+    /// Serve static files from DIR over plain HTTP (not yet supported by wsd).
+    #[arg(long, value_name = "DIR", help_heading = "HTTP side (not yet supported)")]
+    pub staticdir: Option<String>,
+
+    /// Serve CGI scripts from DIR over plain HTTP (not yet supported by wsd).
+    #[arg(long, value_name = "DIR", help_heading = "HTTP side (not yet supported)")]
+    pub cgidir: Option<String>,
+
+    /// Answer plain GET requests with an interactive test page (not yet supported by wsd).
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, require_equals = true,
+          default_missing_value = "true", value_parser = parse_go_bool, action = ArgAction::Set,
+          default_value = "false", hide_default_value = true,
+          help_heading = "HTTP side (not yet supported)")]
+    pub devconsole: bool,
+
+    /// Serve TLS (not yet supported by wsd).
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, require_equals = true,
+          default_missing_value = "true", value_parser = parse_go_bool, action = ArgAction::Set,
+          default_value = "false", hide_default_value = true,
+          help_heading = "HTTP side (not yet supported)")]
+    pub ssl: bool,
+
+    /// TLS certificate file, PEM (not yet supported by wsd).
+    #[arg(long, value_name = "FILE", help_heading = "HTTP side (not yet supported)")]
+    pub sslcert: Option<String>,
+
+    /// TLS private key file, PEM (not yet supported by wsd).
+    #[arg(long, value_name = "FILE", help_heading = "HTTP side (not yet supported)")]
+    pub sslkey: Option<String>,
+
+    /// CA certificate for client certificates, mutual TLS (not yet supported by wsd).
+    #[arg(long, value_name = "FILE", help_heading = "HTTP side (not yet supported)")]
+    pub sslca: Option<String>,
+
+    /// Plain HTTP port that redirects to the main address (not yet supported by wsd).
+    #[arg(long, value_name = "PORT", help_heading = "HTTP side (not yet supported)")]
+    pub redirport: Option<u16>,
+
+    /// Print the version and exit.
+    #[arg(long, action = ArgAction::SetTrue, help_heading = "Information")]
+    pub version: bool,
+
+    /// Print the license and exit.
+    #[arg(long, action = ArgAction::SetTrue, help_heading = "Information")]
+    pub license: bool,
+
+    /// The program to run for each connection, and its arguments.
+    #[arg(value_name = "COMMAND", trailing_var_arg = true, allow_hyphen_values = true,
+          num_args = 0..)]
+    pub command: Vec<OsString>,
+}
+
+/// Go's `strconv.ParseBool`, which websocketd's boolean flags use.
+fn parse_go_bool(s: &str) -> Result<bool, String> {
+    match s {
+        "1" | "t" | "T" | "true" | "TRUE" | "True" => Ok(true),
+        "0" | "f" | "F" | "false" | "FALSE" | "False" => Ok(false),
+        _ => Err("expected true or false".to_string()),
+    }
+}
+
+fn parse_positive_usize(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(0) => Err("must be at least 1".to_string()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// Rewrites Go-style single-dash long flags (`-port=8080`, `-binary`) to clap's `--` form.
+///
+/// Only arguments before COMMAND are touched: the first argument that is neither a flag nor
+/// the value of the flag before it is COMMAND, and everything after it belongs to COMMAND.
+pub fn normalize_args<I>(args: I) -> Vec<OsString>
+where
+    I: IntoIterator<Item = OsString>,
+{
+    let cmd = Cli::command();
+    let mut out = Vec::new();
+    let mut args = args.into_iter();
+    if let Some(argv0) = args.next() {
+        out.push(argv0);
+    }
+    let takes_value = |name: &str| -> Option<bool> {
+        if name == "help" {
+            return Some(false);
+        }
+        cmd.get_arguments()
+            .find(|a| a.get_long() == Some(name))
+            .map(|a| a.get_action().takes_values() && a.get_num_args().is_some_and(|n| n.min_values() > 0))
+    };
+    let mut value_expected = false;
+    for arg in args.by_ref() {
+        if value_expected {
+            value_expected = false;
+            out.push(arg);
+            continue;
+        }
+        let Some(s) = arg.to_str() else {
+            out.push(arg);
+            break;
+        };
+        if s == "-h" {
+            out.push(arg);
+            continue;
+        }
+        if s == "--" || !s.starts_with('-') || s == "-" {
+            out.push(arg);
+            break;
+        }
+        let body = s.trim_start_matches('-');
+        let dashes = s.len() - body.len();
+        if dashes > 2 {
+            out.push(arg);
+            continue;
+        }
+        let (name, has_value) = match body.split_once('=') {
+            Some((n, _)) => (n, true),
+            None => (body, false),
+        };
+        match takes_value(name) {
+            Some(needs_value) => {
+                out.push(OsString::from(format!("--{body}")));
+                value_expected = needs_value && !has_value;
+            }
+            // Unknown flag: leave it for clap to report by name.
+            None => out.push(arg),
+        }
+    }
+    out.extend(args);
+    out
+}
+
+/// Parses the process arguments, accepting every spelling Go's flag package accepts.
+pub fn parse_args<I>(args: I) -> Result<Cli, clap::Error>
+where
+    I: IntoIterator<Item = OsString>,
+{
+    Cli::try_parse_from(normalize_args(args))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Cli {
+        parse_args(std::iter::once("wsd").chain(args.iter().copied()).map(OsString::from))
+            .expect("arguments parse")
+    }
+
+    #[test]
+    fn go_spellings_are_all_accepted() {
+        for args in [
+            &["--port=8080", "cat"][..],
+            &["--port", "8080", "cat"],
+            &["-port=8080", "cat"],
+            &["-port", "8080", "cat"],
+        ] {
+            let cli = parse(args);
+            assert_eq!(cli.port, Some(8080), "{args:?}");
+            assert_eq!(cli.command, vec![OsString::from("cat")], "{args:?}");
+        }
+    }
+
+    #[test]
+    fn booleans_take_an_optional_attached_value() {
+        assert!(parse(&["--binary", "cat"]).binary);
+        assert!(parse(&["-binary", "cat"]).binary);
+        assert!(parse(&["--binary=true", "cat"]).binary);
+        assert!(!parse(&["--binary=false", "cat"]).binary);
+        assert!(parse(&["-sameorigin=1", "cat"]).sameorigin);
+        // As in Go, a detached word after a boolean flag is not its value.
+        let cli = parse(&["--binary", "false"]);
+        assert!(cli.binary);
+        assert_eq!(cli.command, vec![OsString::from("false")]);
+    }
+
+    #[test]
+    fn command_arguments_pass_through_untouched() {
+        let cli = parse(&["-port=1", "ls", "-port", "--binary", "-l"]);
+        assert!(!cli.binary);
+        let want: Vec<OsString> = ["ls", "-port", "--binary", "-l"].iter().map(OsString::from).collect();
+        assert_eq!(cli.command, want);
+    }
+
+    #[test]
+    fn repeatable_flags_collect_and_scalars_take_the_last() {
+        let cli = parse(&["--address=127.0.0.1", "-address", "::1", "--port=1", "--port=2", "cat"]);
+        assert_eq!(cli.address, vec!["127.0.0.1", "::1"]);
+        assert_eq!(cli.port, Some(2));
+    }
+
+    #[test]
+    fn the_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+}

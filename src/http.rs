@@ -1,0 +1,343 @@
+//! Request routing: WebSocket upgrades become sessions, everything else gets a plain HTTP
+//! answer.
+//!
+//! An upgrade passes these checks in this order, each with websocketd 0.5's status: a free
+//! `--maxforks` slot (429), a program for the path (404, or 403 when not executable), a valid
+//! handshake (405 for a method other than GET, 426 for a version other than 13, 400 for a bad
+//! key), the Origin (403). The child is started before the 101 answer, so a program that
+//! cannot start is an HTTP 500 rather than a WebSocket that opens and dies.
+
+use std::convert::Infallible;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::header::{self, HeaderValue};
+use hyper::{Request, Response, StatusCode};
+use tokio::sync::Semaphore;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::field::Empty;
+use tracing::Instrument;
+
+use crate::cgi_env::{self, Remote};
+use crate::child::ChildProcess;
+use crate::config::{Config, ExtraHeader};
+use crate::route::{self, RouteError};
+use crate::session::{self, Session};
+
+/// tungstenite's read buffer per connection (its default, 128 KiB, would dominate the memory
+/// of an idle connection).
+const WS_READ_BUFFER: usize = 8 * 1024;
+/// tungstenite writes its buffer out once it holds this much.
+const WS_WRITE_BUFFER: usize = 64 * 1024;
+
+/// What every connection shares.
+pub struct Shared {
+    pub config: Arc<Config>,
+    pub forks: Option<Arc<Semaphore>>,
+    pub shutdown: CancellationToken,
+    pub tracker: TaskTracker,
+    last_id: AtomicU64,
+}
+
+impl Shared {
+    pub fn new(config: Arc<Config>, shutdown: CancellationToken, tracker: TaskTracker) -> Shared {
+        Shared {
+            forks: config.max_forks.map(|n| Arc::new(Semaphore::new(n))),
+            config,
+            shutdown,
+            tracker,
+            last_id: AtomicU64::new(0),
+        }
+    }
+
+    /// A unique id per connection: nanoseconds since the epoch as websocketd, made strictly
+    /// increasing so that two connections in the same nanosecond still differ.
+    fn next_id(&self) -> String {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0);
+        let mut prev = self.last_id.load(Ordering::Relaxed);
+        loop {
+            let next = now.max(prev + 1);
+            match self.last_id.compare_exchange_weak(prev, next, Ordering::Relaxed, Ordering::Relaxed) {
+                Ok(_) => return next.to_string(),
+                Err(actual) => prev = actual,
+            }
+        }
+    }
+}
+
+/// The client end of one HTTP connection.
+#[derive(Debug, Clone)]
+pub enum Peer {
+    Tcp(std::net::SocketAddr),
+    Unix,
+}
+
+type Body = Full<Bytes>;
+
+/// Answers one request.
+pub async fn handle(shared: Arc<Shared>, peer: Arc<Peer>, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+    let host = req.headers().get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("").to_string();
+    let url = tell_url(&shared.config, "http", &host, req.uri().path_and_query().map_or("/", |p| p.as_str()));
+    let span = tracing::error_span!(target: "wsd", "request", url = %url, id = Empty, remote = Empty, command = Empty, origin = Empty, pid = Empty);
+    let response = if is_upgrade(&req) {
+        upgrade(&shared, &peer, req).instrument(span).await
+    } else {
+        span.in_scope(|| plain(&shared, &req, &url))
+    };
+    Ok(response)
+}
+
+fn is_upgrade<B>(req: &Request<B>) -> bool {
+    let has_token = |name: header::HeaderName, token: &str| {
+        req.headers()
+            .get_all(name)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case(token))
+    };
+    has_token(header::UPGRADE, "websocket") && has_token(header::CONNECTION, "upgrade")
+}
+
+/// websocketd's TellURL: a host starting with ':' gets the machine's name.
+fn tell_url(config: &Config, scheme: &str, host: &str, path: &str) -> String {
+    if host.starts_with(':') {
+        format!("{scheme}://{}{host}{path}", config.hostname)
+    } else {
+        format!("{scheme}://{host}{path}")
+    }
+}
+
+/// A plain HTTP request to a WebSocket server: 426, or 404 where `--dir` has no such program.
+fn plain(shared: &Shared, req: &Request<Incoming>, url: &str) -> Response<Body> {
+    let config = &shared.config;
+    match route::resolve(config, req.uri().path()) {
+        Ok(_) => {
+            crate::access!("http", "426 UPGRADE REQUIRED (not a WebSocket request)");
+            let ws_url = url.replacen("http", "ws", 1);
+            let mut resp = text_response(
+                StatusCode::UPGRADE_REQUIRED,
+                &format!("426 Upgrade Required: {ws_url} is a WebSocket endpoint; connect with a WebSocket client.\n"),
+                config,
+                &config.headers_http,
+            );
+            resp.headers_mut().insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+            resp.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+            resp.headers_mut().insert(header::SEC_WEBSOCKET_VERSION, HeaderValue::from_static("13"));
+            resp
+        }
+        Err(e) => {
+            crate::access!("http", "NOT FOUND: {e}");
+            text_response(StatusCode::NOT_FOUND, "404 page not found\n", config, &config.headers_http)
+        }
+    }
+}
+
+/// A short text answer with the configured extra headers (`--header` and `extra`).
+fn text_response(status: StatusCode, body: &str, config: &Config, extra: &[ExtraHeader]) -> Response<Body> {
+    let mut resp = Response::new(Full::new(Bytes::from(body.to_string())));
+    *resp.status_mut() = status;
+    let h = resp.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    add_headers(h, &config.headers);
+    add_headers(h, extra);
+    resp
+}
+
+fn add_headers(h: &mut hyper::HeaderMap, extra: &[ExtraHeader]) {
+    for (name, value) in extra {
+        h.append(name.clone(), value.clone());
+    }
+}
+
+/// A refused upgrade: logged once, answered with `status`.
+fn refuse(config: &Config, status: StatusCode, why: &str) -> Response<Body> {
+    let reason = status.canonical_reason().unwrap_or("");
+    text_response(status, &format!("{} {reason}\n{why}\n", status.as_u16()), config, &config.headers_http)
+}
+
+async fn upgrade(shared: &Arc<Shared>, peer: &Peer, mut req: Request<Incoming>) -> Response<Body> {
+    let config = &shared.config;
+    let span = tracing::Span::current();
+
+    let permit = match &shared.forks {
+        Some(forks) => match forks.clone().try_acquire_owned() {
+            Ok(p) => Some(p),
+            Err(_) => {
+                crate::error!("http", "Max of possible forks already active, upgrade rejected");
+                return refuse(config, StatusCode::TOO_MANY_REQUESTS, "too many connections: the server's --maxforks limit is reached");
+            }
+        },
+        None => None,
+    };
+
+    let id = shared.next_id();
+    span.record("id", id.as_str());
+    let remote = match peer {
+        Peer::Tcp(addr) => remote_info(*addr, config.reverse_lookup).await,
+        Peer::Unix => Remote::unix(),
+    };
+    span.record("remote", remote.host.as_str());
+
+    let route = match route::resolve(config, req.uri().path()) {
+        Ok(r) => r,
+        Err(RouteError::NotFound) => {
+            crate::access!("session", "NOT FOUND: script not found");
+            return refuse(config, StatusCode::NOT_FOUND, "no program for this path");
+        }
+        Err(RouteError::NotExecutable) => {
+            crate::error!("session", "FORBIDDEN: the script for this path is not executable");
+            return refuse(config, StatusCode::FORBIDDEN, "the program for this path is not executable");
+        }
+    };
+    span.record("command", route.program.to_string_lossy().as_ref());
+
+    if req.method() != hyper::Method::GET {
+        crate::access!("session", "Unable to Upgrade: method {} is not GET", req.method());
+        let mut resp = refuse(config, StatusCode::METHOD_NOT_ALLOWED, "a WebSocket handshake must be a GET request");
+        resp.headers_mut().insert(header::ALLOW, HeaderValue::from_static("GET"));
+        return resp;
+    }
+    let version_ok = req.headers().get(header::SEC_WEBSOCKET_VERSION).is_some_and(|v| v.as_bytes() == b"13");
+    if !version_ok {
+        crate::access!("session", "Unable to Upgrade: unsupported Sec-WebSocket-Version");
+        let mut resp = refuse(config, StatusCode::UPGRADE_REQUIRED, "unsupported Sec-WebSocket-Version: this server speaks version 13");
+        resp.headers_mut().insert(header::SEC_WEBSOCKET_VERSION, HeaderValue::from_static("13"));
+        return resp;
+    }
+    let Some(key) = req.headers().get(header::SEC_WEBSOCKET_KEY).filter(|k| valid_key(k.as_bytes())).cloned() else {
+        crate::access!("session", "Unable to Upgrade: missing or malformed Sec-WebSocket-Key");
+        return refuse(config, StatusCode::BAD_REQUEST, "Sec-WebSocket-Key must be the base64 encoding of 16 bytes");
+    };
+
+    let origin_header = req.headers().get(header::ORIGIN).and_then(|o| o.to_str().ok());
+    let origin = crate::origin::effective_origin(origin_header, config).to_string();
+    span.record("origin", origin.as_str());
+    let host = req.headers().get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("");
+    if let Err(refused) = crate::origin::check(&origin, host, config) {
+        crate::access!("session", "{}", refused.0);
+        return refuse(config, StatusCode::FORBIDDEN, "origin not allowed");
+    }
+
+    let upgrade = hyper::upgrade::on(&mut req);
+    let (parts, _body) = req.into_parts();
+    let env = cgi_env::build(config, &parts, &remote, &route.script, &id);
+    let child = match ChildProcess::spawn(&route.program, &route.args, env) {
+        Ok(c) => c,
+        Err(e) => {
+            crate::error!("process", "Could not launch process {} ({e})", route.program.display());
+            return refuse(config, StatusCode::INTERNAL_SERVER_ERROR, "the program could not be started");
+        }
+    };
+    span.record("pid", child.pid().to_string().as_str());
+
+    let ws_config = WebSocketConfig::default()
+        .read_buffer_size(WS_READ_BUFFER)
+        .write_buffer_size(WS_WRITE_BUFFER)
+        .max_message_size(config.max_message)
+        .max_frame_size(config.max_message);
+    let session = Session { config: config.clone(), child, shutdown: shared.shutdown.clone(), permit };
+    session::spawn_after_upgrade(&shared.tracker, upgrade, session, ws_config, span.clone());
+
+    let mut resp = Response::new(Full::new(Bytes::new()));
+    *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let h = resp.headers_mut();
+    h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+    if let Ok(accept) = HeaderValue::from_str(&derive_accept_key(key.as_bytes())) {
+        h.insert(header::SEC_WEBSOCKET_ACCEPT, accept);
+    }
+    add_headers(h, &config.headers);
+    add_headers(h, &config.headers_ws);
+    resp
+}
+
+/// A Sec-WebSocket-Key must be base64 for exactly 16 bytes: 22 characters and "==".
+fn valid_key(key: &[u8]) -> bool {
+    let b64 = |c: &u8| c.is_ascii_alphanumeric() || *c == b'+' || *c == b'/';
+    key.len() == 24 && key[..22].iter().all(b64) && &key[22..] == b"==" && {
+        // The last character before the padding carries only 2 bits: its low 4 bits are zero.
+        let last = key[21];
+        let v = match last {
+            b'A'..=b'Z' => last - b'A',
+            b'a'..=b'z' => last - b'a' + 26,
+            b'0'..=b'9' => last - b'0' + 52,
+            b'+' => 62,
+            _ => 63,
+        };
+        v & 0x0F == 0
+    }
+}
+
+async fn remote_info(addr: std::net::SocketAddr, reverse_lookup: bool) -> Remote {
+    let ip = addr.ip().to_canonical().to_string();
+    let host = if reverse_lookup {
+        let ip_addr = addr.ip().to_canonical();
+        tokio::task::spawn_blocking(move || reverse_dns(ip_addr)).await.ok().flatten().unwrap_or_else(|| ip.clone())
+    } else {
+        ip.clone()
+    };
+    Remote { addr: ip, host, port: addr.port().to_string() }
+}
+
+/// The host name for an address, by the system resolver (`--reverselookup`).
+fn reverse_dns(ip: std::net::IpAddr) -> Option<String> {
+    use std::mem::{size_of, zeroed};
+    // SAFETY: sockaddr structures are plain data, zeroed and then filled in; getnameinfo
+    // writes at most `host.len()` bytes into `host` and NUL-terminates it.
+    unsafe {
+        let mut storage: libc::sockaddr_storage = zeroed();
+        let len = match ip {
+            std::net::IpAddr::V4(v4) => {
+                let sin = &mut *(&mut storage as *mut _ as *mut libc::sockaddr_in);
+                sin.sin_family = libc::AF_INET as libc::sa_family_t;
+                sin.sin_addr.s_addr = u32::from_ne_bytes(v4.octets());
+                size_of::<libc::sockaddr_in>()
+            }
+            std::net::IpAddr::V6(v6) => {
+                let sin6 = &mut *(&mut storage as *mut _ as *mut libc::sockaddr_in6);
+                sin6.sin6_family = libc::AF_INET6 as libc::sa_family_t;
+                sin6.sin6_addr.s6_addr = v6.octets();
+                size_of::<libc::sockaddr_in6>()
+            }
+        };
+        let mut host = [0 as libc::c_char; 1025];
+        let rc = libc::getnameinfo(
+            &storage as *const _ as *const libc::sockaddr,
+            len as libc::socklen_t,
+            host.as_mut_ptr(),
+            host.len() as libc::socklen_t,
+            std::ptr::null_mut(),
+            0,
+            libc::NI_NAMEREQD,
+        );
+        if rc != 0 {
+            return None;
+        }
+        Some(std::ffi::CStr::from_ptr(host.as_ptr()).to_string_lossy().into_owned())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::valid_key;
+
+    #[test]
+    fn keys_must_be_16_bytes_of_base64() {
+        assert!(valid_key(b"dGhlIHNhbXBsZSBub25jZQ=="));
+        assert!(!valid_key(b"dGhlIHNhbXBsZSBub25jZQ="));
+        assert!(!valid_key(b"short"));
+        assert!(!valid_key(b"dGhlIHNhbXBsZSBub25jZR=="));
+        assert!(!valid_key(b"dGhlIHNhbXBsZSBub25j!Q=="));
+    }
+}

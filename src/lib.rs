@@ -1,0 +1,29 @@
+//! wsd: CGI for WebSockets.
+//!
+//! Every WebSocket connection runs a program; each line the program prints on stdout becomes a
+//! message to the client, and each message from the client becomes a line on the program's
+//! stdin. wsd is a drop-in replacement for websocketd (same flags, environment variables,
+//! process lifecycle and log format) that also fails bad input with the right close codes,
+//! kills whole process groups, and bounds every buffer.
+//!
+//! One connection, from accept to teardown: [`server`] accepts it, [`http`] routes the request
+//! ([`route`], [`origin`], [`cgi_env`]) and starts the [`child`], and [`session`] bridges the
+//! two, cutting output into messages with [`framing`].
+
+
+
+pub mod cgi_env;
+pub mod child;
+pub mod cli;
+pub mod config;
+pub mod framing;
+pub mod http;
+#[macro_use]
+pub mod log;
+pub mod origin;
+pub mod route;
+pub mod server;
+pub mod session;
+
+/// The text `--license` prints.
+pub const LICENSE: &str = include_str!("../LICENSE");

@@ -1,0 +1,186 @@
+//! Logging in websocketd's line format, on stdout, through `tracing`.
+//!
+//! websocketd's users (and its test suite) read its log lines from stdout:
+//!
+//! ```text
+//! Tue, 24 Nov 2026 18:00:00 +0000 | ACCESS | session    | url:'http://h/' id:'1' remote:'::1' | CONNECT
+//! ```
+//!
+//! date (RFC 1123 with a numeric zone), level (padded to 6), area (padded to 10), the
+//! `key:'value'` pairs of the connection, and the message. Here the pairs are the fields of the
+//! enclosing `tracing` spans (one per connection, recorded as they become known), the area is
+//! the event's `area` field, and websocketd's six levels map onto tracing's levels and targets:
+//!
+//! | websocketd | tracing                  |
+//! |------------|--------------------------|
+//! | debug      | TRACE                    |
+//! | trace      | DEBUG                    |
+//! | access     | INFO, target `access`    |
+//! | info       | INFO                     |
+//! | error      | ERROR                    |
+//! | fatal      | ERROR, target `fatal`    |
+//!
+//! Use the macros of this module (`access!`, `info!`, ...) rather than tracing's directly.
+
+use std::fmt;
+
+use tracing::field::{Field, Visit};
+use tracing::{Event, Level, Subscriber};
+use tracing_subscriber::filter::{LevelFilter, Targets};
+use tracing_subscriber::fmt::format::Writer;
+use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields, FormattedFields};
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::registry::LookupSpan;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::Layer;
+
+use crate::cli::LogLevel;
+
+/// Logs at websocketd's `debug` level: `debug!(area, "format", args...)`.
+#[macro_export]
+macro_rules! debug {
+    ($area:expr, $($arg:tt)+) => { ::tracing::trace!(target: "wsd", area = $area, $($arg)+) };
+}
+/// Logs at websocketd's `trace` level.
+#[macro_export]
+macro_rules! trace {
+    ($area:expr, $($arg:tt)+) => { ::tracing::debug!(target: "wsd", area = $area, $($arg)+) };
+}
+/// Logs at websocketd's `access` level.
+#[macro_export]
+macro_rules! access {
+    ($area:expr, $($arg:tt)+) => { ::tracing::info!(target: "access", area = $area, $($arg)+) };
+}
+/// Logs at websocketd's `info` level.
+#[macro_export]
+macro_rules! info {
+    ($area:expr, $($arg:tt)+) => { ::tracing::info!(target: "wsd", area = $area, $($arg)+) };
+}
+/// Logs at websocketd's `error` level.
+#[macro_export]
+macro_rules! error {
+    ($area:expr, $($arg:tt)+) => { ::tracing::error!(target: "wsd", area = $area, $($arg)+) };
+}
+/// Logs at websocketd's `fatal` level.
+#[macro_export]
+macro_rules! fatal {
+    ($area:expr, $($arg:tt)+) => { ::tracing::error!(target: "fatal", area = $area, $($arg)+) };
+}
+
+/// Installs the global subscriber for `level`, writing to stdout.
+pub fn init(level: LogLevel) {
+    let filter = match level {
+        LogLevel::Debug => Targets::new().with_default(LevelFilter::TRACE),
+        LogLevel::Trace => Targets::new().with_default(LevelFilter::DEBUG),
+        LogLevel::Access => Targets::new().with_default(LevelFilter::INFO),
+        LogLevel::Info => Targets::new().with_default(LevelFilter::INFO).with_target("access", LevelFilter::OFF),
+        LogLevel::Error => Targets::new().with_default(LevelFilter::ERROR),
+        LogLevel::Fatal => Targets::new().with_default(LevelFilter::OFF).with_target("fatal", LevelFilter::ERROR),
+        LogLevel::None => Targets::new().with_default(LevelFilter::OFF),
+    };
+    let layer = tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stdout)
+        .event_format(LineFormat)
+        .fmt_fields(PairFields)
+        .with_filter(filter);
+    // A second initialisation (only possible in tests) keeps the first subscriber.
+    let _ = tracing_subscriber::registry().with(layer).try_init();
+}
+
+/// Formats span fields as websocketd's `key:'value'` pairs.
+struct PairFields;
+
+impl<'w> FormatFields<'w> for PairFields {
+    fn format_fields<R: tracing_subscriber::field::RecordFields>(&self, mut writer: Writer<'w>, fields: R) -> fmt::Result {
+        let mut visitor = PairVisitor { writer: &mut writer, first: true, result: Ok(()) };
+        fields.record(&mut visitor);
+        visitor.result
+    }
+}
+
+struct PairVisitor<'a, 'w> {
+    writer: &'a mut Writer<'w>,
+    first: bool,
+    result: fmt::Result,
+}
+
+impl Visit for PairVisitor<'_, '_> {
+    fn record_str(&mut self, field: &Field, value: &str) {
+        if self.result.is_err() {
+            return;
+        }
+        let sep = if self.first { "" } else { " " };
+        self.first = false;
+        self.result = write!(self.writer, "{sep}{}:'{value}'", field.name());
+    }
+
+    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
+        self.record_str(field, &format!("{value:?}"));
+    }
+}
+
+/// Formats one event as one websocketd log line.
+struct LineFormat;
+
+#[derive(Default)]
+struct EventFields {
+    area: String,
+    message: String,
+}
+
+impl Visit for EventFields {
+    fn record_str(&mut self, field: &Field, value: &str) {
+        match field.name() {
+            "area" => self.area = value.to_string(),
+            "message" => self.message = value.to_string(),
+            _ => {}
+        }
+    }
+
+    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
+        match field.name() {
+            "area" => self.area = format!("{value:?}"),
+            "message" => self.message = format!("{value:?}"),
+            _ => {}
+        }
+    }
+}
+
+impl<S, N> FormatEvent<S, N> for LineFormat
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+{
+    fn format_event(&self, ctx: &FmtContext<'_, S, N>, mut writer: Writer<'_>, event: &Event<'_>) -> fmt::Result {
+        let meta = event.metadata();
+        let level = match (*meta.level(), meta.target()) {
+            (Level::TRACE, _) => "DEBUG",
+            (Level::DEBUG, _) => "TRACE",
+            (Level::INFO, "access") => "ACCESS",
+            (Level::INFO, _) => "INFO",
+            (Level::ERROR, "fatal") => "FATAL",
+            _ => "ERROR",
+        };
+        let mut fields = EventFields::default();
+        event.record(&mut fields);
+
+        let now = chrono::Local::now().format("%a, %d %b %Y %H:%M:%S %z");
+        write!(writer, "{now} | {level:<6} | {:<10} | ", fields.area)?;
+        let mut first = true;
+        if let Some(scope) = ctx.event_scope() {
+            for span in scope.from_root() {
+                let ext = span.extensions();
+                if let Some(pairs) = ext.get::<FormattedFields<N>>() {
+                    if !pairs.is_empty() {
+                        if !first {
+                            writer.write_char(' ')?;
+                        }
+                        first = false;
+                        writer.write_str(pairs)?;
+                    }
+                }
+            }
+        }
+        writeln!(writer, " | {}", fields.message)
+    }
+}

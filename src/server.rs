@@ -1,0 +1,225 @@
+//! Listeners, the accept loops and graceful shutdown.
+//!
+//! Cancellation is one token for the whole server: SIGINT or SIGTERM cancels it, the accept
+//! loops stop, every session sends 1001 and runs its child's teardown, and `run` returns once
+//! the task tracker is empty (or after a bound, should a child refuse to be reaped).
+
+use std::io;
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, UnixListener};
+use tokio::signal::unix::{signal, SignalKind};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::{Config, Program, TcpAddr};
+use crate::http::{self, Peer, Shared};
+
+/// Request headers must arrive within this time (websocketd 0.5's slowloris limit).
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Pause after a failed accept (out of file descriptors, say) before trying again.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+/// A start-up failure: the message for the log and the exit status (3, as websocketd).
+#[derive(Debug, thiserror::Error)]
+#[error("Can't start server: {0}")]
+pub struct StartError(String);
+
+enum Listener {
+    Tcp(TcpListener, String),
+    Unix(UnixListener, std::path::PathBuf),
+}
+
+/// Binds every listener, serves until SIGINT/SIGTERM, then shuts down gracefully.
+pub async fn run(config: Config) -> Result<(), StartError> {
+    let config = Arc::new(config);
+    let mut listeners = Vec::new();
+    for addr in &config.tcp {
+        listeners.push(bind_tcp(addr).await?);
+    }
+    if let Some(path) = &config.unix_socket {
+        listeners.push(Listener::Unix(bind_unix(path).await?, path.clone()));
+    }
+
+    match &config.program {
+        Program::Command { path, args } => {
+            let args: Vec<_> = args.iter().map(|a| a.to_string_lossy()).collect();
+            crate::info!("server", "Serving using application   : {} {}", path.display(), args.join(" "));
+        }
+        Program::Dir(dir) => crate::info!("server", "Serving from directory      : {}", dir.display()),
+    }
+
+    let shutdown = CancellationToken::new();
+    let tracker = TaskTracker::new();
+    let shared = Arc::new(Shared::new(config.clone(), shutdown.clone(), tracker.clone()));
+    let mut accept_loops = Vec::new();
+    for listener in listeners {
+        match &listener {
+            Listener::Tcp(l, shown) => {
+                let url = match l.local_addr() {
+                    Ok(a) if shown.is_empty() => format!("ws://{}:{}/", config.hostname, a.port()),
+                    Ok(a) => format!("ws://{}/", SocketAddr::new(a.ip(), a.port())),
+                    Err(_) => format!("ws://{shown}/"),
+                };
+                crate::info!("server", "Starting WebSocket server   : {url}");
+            }
+            Listener::Unix(_, path) => {
+                crate::info!("server", "Starting WebSocket server   : unix socket at {}", path.display())
+            }
+        }
+        accept_loops.push(tokio::spawn(accept_loop(listener, shared.clone())));
+    }
+
+    wait_for_signal().await;
+    crate::info!("server", "shutting down");
+    shutdown.cancel();
+    for l in accept_loops {
+        let _ = l.await;
+    }
+    tracker.close();
+    // Each session's teardown takes at most the signal schedule plus 3 x --closems.
+    let bound = Duration::from_secs(3) + config.close_grace * 3;
+    if tokio::time::timeout(bound, tracker.wait()).await.is_err() {
+        crate::error!("server", "some connections did not finish within {bound:?}; exiting anyway");
+    }
+    if let Some(path) = &config.unix_socket {
+        let _ = std::fs::remove_file(path);
+    }
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    let (Ok(mut int), Ok(mut term)) = (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) else {
+        crate::error!("server", "cannot install signal handlers; stop with SIGKILL");
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = int.recv() => {}
+        _ = term.recv() => {}
+    }
+}
+
+/// Go's wording for a failed listen, which websocketd's users and tests look for
+/// ("listen tcp 127.0.0.1:80: bind: address already in use").
+fn listen_error(network: &str, addr: &str, e: &io::Error) -> StartError {
+    let text = e.to_string();
+    let text = text.split(" (os error").next().unwrap_or(&text);
+    let mut lower = text.to_string();
+    if let Some(first) = lower.get(..1) {
+        lower = first.to_lowercase() + &lower[1..];
+    }
+    StartError(format!("listen {network} {addr}: bind: {lower}"))
+}
+
+async fn bind_tcp(addr: &TcpAddr) -> Result<Listener, StartError> {
+    let shown = if addr.host.contains(':') { format!("[{}]:{}", addr.host, addr.port) } else { format!("{}:{}", addr.host, addr.port) };
+    let listener = if addr.host.is_empty() {
+        // All interfaces: one dual-stack IPv6 socket, or IPv4 where IPv6 is unavailable.
+        match TcpListener::bind(SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), addr.port)).await {
+            Ok(l) => l,
+            Err(e) if e.kind() == io::ErrorKind::AddrInUse => return Err(listen_error("tcp", &shown, &e)),
+            Err(_) => TcpListener::bind(SocketAddr::new(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), addr.port))
+                .await
+                .map_err(|e| listen_error("tcp", &shown, &e))?,
+        }
+    } else if let Ok(ip) = addr.host.parse::<IpAddr>() {
+        TcpListener::bind(SocketAddr::new(ip, addr.port)).await.map_err(|e| listen_error("tcp", &shown, &e))?
+    } else {
+        TcpListener::bind((addr.host.as_str(), addr.port)).await.map_err(|e| listen_error("tcp", &shown, &e))?
+    };
+    Ok(Listener::Tcp(listener, addr.host.clone()))
+}
+
+/// Binds the Unix socket, removing a stale socket file but never one a live server holds.
+async fn bind_unix(path: &Path) -> Result<UnixListener, StartError> {
+    use std::os::unix::fs::FileTypeExt;
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        if meta.file_type().is_socket() {
+            let probe = tokio::time::timeout(Duration::from_secs(1), tokio::net::UnixStream::connect(path)).await;
+            if matches!(probe, Ok(Ok(_))) {
+                return Err(StartError(format!("socket {} is already in use by a running server", path.display())));
+            }
+            std::fs::remove_file(path)
+                .map_err(|e| StartError(format!("failed to remove stale socket {}: {e}", path.display())))?;
+        }
+    }
+    UnixListener::bind(path).map_err(|e| listen_error("unix", &path.display().to_string(), &e))
+}
+
+async fn accept_loop(listener: Listener, shared: Arc<Shared>) {
+    loop {
+        let accepted = tokio::select! {
+            _ = shared.shutdown.cancelled() => return,
+            a = accept(&listener) => a,
+        };
+        match accepted {
+            Ok((io, peer)) => {
+                let shared = shared.clone();
+                let tracker = shared.tracker.clone();
+                tracker.spawn(async move {
+                    match io {
+                        Stream::Tcp(s) => serve_connection(s, peer, shared).await,
+                        Stream::Unix(s) => serve_connection(s, peer, shared).await,
+                    }
+                });
+            }
+            Err(e) => {
+                crate::error!("server", "accept failed: {e}; retrying");
+                tokio::time::sleep(ACCEPT_BACKOFF).await;
+            }
+        }
+    }
+}
+
+enum Stream {
+    Tcp(tokio::net::TcpStream),
+    Unix(tokio::net::UnixStream),
+}
+
+async fn accept(listener: &Listener) -> io::Result<(Stream, Peer)> {
+    match listener {
+        Listener::Tcp(l, _) => {
+            let (s, addr) = l.accept().await?;
+            // Messages are small and latency matters more than packet count.
+            let _ = s.set_nodelay(true);
+            Ok((Stream::Tcp(s), Peer::Tcp(addr)))
+        }
+        Listener::Unix(l, _) => {
+            let (s, _) = l.accept().await?;
+            Ok((Stream::Unix(s), Peer::Unix))
+        }
+    }
+}
+
+async fn serve_connection<S>(io: S, peer: Peer, shared: Arc<Shared>)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let peer = Arc::new(peer);
+    let svc_shared = shared.clone();
+    let service = service_fn(move |req| http::handle(svc_shared.clone(), peer.clone(), req));
+    let conn = http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .serve_connection(TokioIo::new(io), service)
+        .with_upgrades();
+    tokio::pin!(conn);
+    tokio::select! {
+        r = conn.as_mut() => {
+            if let Err(e) = r {
+                crate::debug!("http", "connection error: {e}");
+            }
+        }
+        _ = shared.shutdown.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            let _ = tokio::time::timeout(Duration::from_secs(1), conn).await;
+        }
+    }
+}

@@ -1,0 +1,517 @@
+//! The bridge for one connection: one WebSocket ⇄ one child process.
+//!
+//! Three concurrent parts, each bounded:
+//! - the **output pump** (this task) reads the child's stdout, cuts it into messages and
+//!   writes them to the client, flushing once per read so that a burst of lines costs one
+//!   socket write; it also sends pings and notices the child's exit;
+//! - the **client reader** (a task) reads messages and queues them for the child's stdin in a
+//!   channel of [`STDIN_QUEUE`] messages; when the queue is full it stops reading the socket,
+//!   so a client that sends faster than the child reads is stalled by TCP;
+//! - the **stdin writer** (a task) writes queued messages to the child's stdin.
+//!
+//! The session ends when the child's output ends, the client leaves or fails the protocol, the
+//! peer stops answering pings, or the server shuts down. Teardown never waits on a pipe: the
+//! stdin writer is aborted (closing stdin) before the child is signalled.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::{BufMut, Bytes, BytesMut};
+use futures_util::stream::{SplitSink, SplitStream};
+use futures_util::{SinkExt, StreamExt};
+use hyper::upgrade::Upgraded;
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::process::{ChildStderr, ChildStdin, ChildStdout};
+use tokio::sync::{mpsc, OwnedSemaphorePermit};
+use tokio::task::JoinHandle;
+use tokio_tungstenite::tungstenite::error::{CapacityError, ProtocolError};
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+use tokio_tungstenite::WebSocketStream;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use crate::child::{ChildProcess, Exit};
+use crate::config::Config;
+use crate::framing::{self, LineSplitter, READ_CHUNK};
+
+/// Client messages waiting for the child's stdin. Small: the point is to let the socket stall.
+const STDIN_QUEUE: usize = 8;
+/// Stdin writes are batched up to this size when several messages are waiting.
+const STDIN_BATCH: usize = 64 * 1024;
+/// Tagged stderr lines (`--passstderr`) waiting to be sent.
+const STDERR_QUEUE: usize = 16;
+/// How long the output pump keeps reading after the child exited, for output still in the pipe
+/// (a background grandchild may hold stdout open forever).
+const DRAIN_AFTER_EXIT: Duration = Duration::from_millis(250);
+/// How long sending a close frame, and waiting for the client's reply, may take.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long the stderr logger may take to log the last lines after the child is gone.
+const STDERR_DRAIN: Duration = Duration::from_millis(200);
+
+pub type Ws = WebSocketStream<TokioIo<Upgraded>>;
+type Sink = SplitSink<Ws, Message>;
+
+/// Message and byte counts, for the DISCONNECT log line.
+#[derive(Default)]
+struct Stats {
+    msgs_in: AtomicU64,
+    bytes_in: AtomicU64,
+    msgs_out: AtomicU64,
+    bytes_out: AtomicU64,
+    /// Milliseconds since the session started when the client was last heard from.
+    last_seen_ms: AtomicU64,
+}
+
+/// A connection that has been upgraded, with its child already running.
+pub struct Session {
+    pub config: Arc<Config>,
+    pub child: ChildProcess,
+    pub shutdown: CancellationToken,
+    /// The `--maxforks` slot, released when the session (and its child) is gone.
+    pub permit: Option<OwnedSemaphorePermit>,
+}
+
+/// How the client side ended.
+#[derive(Debug)]
+enum ClientEnd {
+    /// A close handshake (tungstenite has already answered it).
+    Closed,
+    /// The client broke the protocol: close with this code.
+    Failed(CloseCode, String),
+    /// The connection dropped (FIN without close, RST, I/O error).
+    Gone(String),
+}
+
+/// Why the session ended.
+enum End {
+    /// The child's output ended; its exit status if it had exited.
+    ChildDone(Option<Exit>),
+    Client(ClientEnd),
+    /// Writing to the client failed.
+    SendFailed(String),
+    PeerDead,
+    Shutdown,
+}
+
+impl Session {
+    /// Runs the session to the end, including the child's teardown.
+    pub async fn run(mut self, ws: Ws) {
+        let started = Instant::now();
+        let stats = Arc::new(Stats::default());
+        crate::access!("session", "CONNECT");
+
+        let (mut sink, stream) = ws.split();
+        let (stdin_tx, stdin_rx) = mpsc::channel::<Bytes>(STDIN_QUEUE);
+        let stdin_task = self.child.stdin.take().map(|stdin| tokio::spawn(write_stdin(stdin, stdin_rx).in_current_span()));
+        let mut reader = tokio::spawn(
+            read_client(stream, stdin_tx, self.config.binary, stats.clone(), started).in_current_span(),
+        );
+        let (stderr_tx, stderr_rx) = mpsc::channel::<String>(STDERR_QUEUE);
+        let stderr_task = self.child.stderr.take().map(|stderr| {
+            let tx = self.config.pass_stderr.then_some(stderr_tx);
+            tokio::spawn(pump_stderr(stderr, tx, self.config.max_line_bytes).in_current_span())
+        });
+        let stderr_rx = self.config.pass_stderr.then_some(stderr_rx);
+        let stdout = self.child.stdout.take();
+
+        let end = {
+            let pump = pump_output(&mut sink, stdout, stderr_rx, &mut self.child, &self.config, &stats, started);
+            tokio::select! {
+                biased;
+                _ = self.shutdown.cancelled() => End::Shutdown,
+                r = &mut reader => End::Client(r.unwrap_or_else(|e| ClientEnd::Gone(e.to_string()))),
+                r = pump => r,
+            }
+        };
+
+        // Closing stdin first: the child may be waiting for EOF to finish by itself.
+        if let Some(task) = stdin_task {
+            task.abort();
+        }
+        let grace = self.config.close_grace;
+        let exit = match end {
+            End::ChildDone(exit) => {
+                let exit = match exit {
+                    Some(exit) => {
+                        self.child.kill_leftovers();
+                        Some(exit)
+                    }
+                    None => self.child.terminate(grace).await,
+                };
+                let frame = match exit {
+                    Some(e) if e.success() => close_frame(CloseCode::Normal, ""),
+                    Some(e) => close_frame(CloseCode::Error, &e.to_string()),
+                    None => close_frame(CloseCode::Error, "the program could not be reaped"),
+                };
+                if send_close(&mut sink, frame).await {
+                    // Wait for the client's answer to our close frame.
+                    let _ = tokio::time::timeout(CLOSE_TIMEOUT, &mut reader).await;
+                }
+                exit
+            }
+            End::Client(ClientEnd::Closed) => {
+                crate::trace!("websocket", "client closed the connection");
+                self.child.terminate(grace).await
+            }
+            End::Client(ClientEnd::Gone(why)) => {
+                crate::trace!("websocket", "connection lost: {why}");
+                self.child.terminate(grace).await
+            }
+            End::Client(ClientEnd::Failed(code, why)) => {
+                crate::access!("session", "closing with {}: {why}", u16::from(code));
+                send_close(&mut sink, close_frame(code, &why)).await;
+                self.child.terminate(grace).await
+            }
+            End::SendFailed(why) => {
+                crate::trace!("websocket", "cannot send: {why}");
+                self.child.terminate(grace).await
+            }
+            End::PeerDead => {
+                crate::access!("session", "no answer to pings: dropping the connection");
+                let (_, exit) = tokio::join!(
+                    send_close(&mut sink, close_frame(CloseCode::Away, "ping timeout")),
+                    self.child.terminate(grace)
+                );
+                exit
+            }
+            End::Shutdown => {
+                let (_, exit) = tokio::join!(
+                    send_close(&mut sink, close_frame(CloseCode::Away, "server shutting down")),
+                    self.child.terminate(grace)
+                );
+                exit
+            }
+        };
+        reader.abort();
+        if let Some(mut task) = stderr_task {
+            if tokio::time::timeout(STDERR_DRAIN, &mut task).await.is_err() {
+                task.abort();
+            }
+        }
+        drop(sink);
+        drop(self.permit.take());
+
+        let exit = exit.map_or_else(|| "unknown".to_string(), |e| e.to_string());
+        crate::access!(
+            "session",
+            "DISCONNECT after {:.3}s, {exit}, in {} msgs / {} bytes, out {} msgs / {} bytes",
+            started.elapsed().as_secs_f64(),
+            stats.msgs_in.load(Ordering::Relaxed),
+            stats.bytes_in.load(Ordering::Relaxed),
+            stats.msgs_out.load(Ordering::Relaxed),
+            stats.bytes_out.load(Ordering::Relaxed),
+        );
+    }
+}
+
+fn close_frame(code: CloseCode, reason: &str) -> CloseFrame {
+    // A close reason is limited to 123 bytes.
+    let mut end = reason.len().min(123);
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    CloseFrame { code, reason: reason[..end].to_string().into() }
+}
+
+/// Sends a close frame, giving up after [`CLOSE_TIMEOUT`]; true if it was sent.
+async fn send_close(sink: &mut Sink, frame: CloseFrame) -> bool {
+    matches!(tokio::time::timeout(CLOSE_TIMEOUT, sink.send(Message::Close(Some(frame)))).await, Ok(Ok(())))
+}
+
+/// Child output → client. Returns when the output has ended (and, with `--passstderr`, stderr
+/// too), or on a failure to send, or when the peer stopped answering pings.
+async fn pump_output(
+    sink: &mut Sink,
+    stdout: Option<ChildStdout>,
+    mut stderr_rx: Option<mpsc::Receiver<String>>,
+    child: &mut ChildProcess,
+    config: &Config,
+    stats: &Stats,
+    started: Instant,
+) -> End {
+    let mut stdout = stdout;
+    let mut lines = LineSplitter::new(config.max_line_bytes);
+    let mut binary_buf = BytesMut::new();
+    let mut exit: Option<Exit> = None;
+    let mut warned_utf8 = false;
+    let mut warned_split = false;
+    let drain_deadline = tokio::time::sleep(Duration::from_secs(86400));
+    tokio::pin!(drain_deadline);
+    let mut ping = config.ping_interval.map(|every| {
+        let mut iv = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        iv.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        (iv, every)
+    });
+
+    loop {
+        if stdout.is_none() && stderr_rx.is_none() {
+            return End::ChildDone(exit);
+        }
+        tokio::select! {
+            read = async {
+                let out = stdout.as_mut().expect("guarded by the select condition");
+                if config.binary {
+                    binary_buf.reserve(READ_CHUNK);
+                    out.read_buf(&mut binary_buf).await
+                } else {
+                    out.read_buf(lines.buffer()).await
+                }
+            }, if stdout.is_some() => {
+                let n = match read {
+                    Ok(n) => n,
+                    Err(e) => {
+                        crate::error!("process", "Unexpected error while reading STDOUT from process: {e}");
+                        0
+                    }
+                };
+                let mut batch = Vec::new();
+                if config.binary {
+                    if n > 0 {
+                        batch.push(Message::Binary(binary_buf.split().freeze()));
+                    }
+                } else {
+                    while let Some(line) = lines.next_line() {
+                        batch.push(text_message(line, config.pass_stderr, &mut warned_utf8));
+                    }
+                    if n == 0 {
+                        if let Some(last) = lines.finish() {
+                            batch.push(text_message(last, config.pass_stderr, &mut warned_utf8));
+                        }
+                    }
+                    if lines.split_happened && !warned_split {
+                        warned_split = true;
+                        crate::error!("process", "a line longer than --max-line-bytes ({}) was sent in pieces", config.max_line_bytes);
+                    }
+                }
+                if n == 0 {
+                    crate::debug!("process", "Process STDOUT closed");
+                    stdout = None;
+                }
+                if let Err(e) = send_batch(sink, batch, stats).await {
+                    return End::SendFailed(e.to_string());
+                }
+            }
+            line = async { stderr_rx.as_mut().expect("guarded by the select condition").recv().await }, if stderr_rx.is_some() => {
+                match line {
+                    Some(json) => {
+                        if let Err(e) = send_batch(sink, vec![Message::Text(json.into())], stats).await {
+                            return End::SendFailed(e.to_string());
+                        }
+                    }
+                    None => stderr_rx = None,
+                }
+            }
+            status = child.wait(), if exit.is_none() => {
+                match status {
+                    Ok(status) => {
+                        crate::debug!("process", "Process exited: {status}");
+                        exit = Some(status);
+                    }
+                    Err(e) => crate::error!("process", "cannot wait for the process: {e}"),
+                }
+                drain_deadline.as_mut().reset(tokio::time::Instant::now() + DRAIN_AFTER_EXIT);
+            }
+            _ = &mut drain_deadline, if exit.is_some() => {
+                crate::debug!("process", "the process exited but its output is still open (a background process?); ending");
+                return End::ChildDone(exit);
+            }
+            _ = async { ping.as_mut().expect("guarded by the select condition").0.tick().await }, if ping.is_some() => {
+                let every = ping.as_ref().map(|p| p.1).unwrap_or_default();
+                let silent_ms = (started.elapsed().as_millis() as u64).saturating_sub(stats.last_seen_ms.load(Ordering::Relaxed));
+                if silent_ms > 2 * every.as_millis() as u64 {
+                    return End::PeerDead;
+                }
+                crate::trace!("websocket", "ping");
+                if let Err(e) = sink.send(Message::Ping(Bytes::new())).await {
+                    return End::SendFailed(e.to_string());
+                }
+            }
+        }
+    }
+}
+
+fn text_message(line: Bytes, tagged: bool, warned: &mut bool) -> Message {
+    if tagged {
+        return Message::Text(framing::tagged_json("stdout", &line).into());
+    }
+    let (text, replaced) = framing::to_text(line);
+    if replaced && !*warned {
+        *warned = true;
+        crate::error!("process", "the program wrote invalid UTF-8; invalid bytes were replaced by U+FFFD (use --binary for binary output)");
+    }
+    Message::Text(text)
+}
+
+/// Writes messages and flushes once.
+async fn send_batch(sink: &mut Sink, batch: Vec<Message>, stats: &Stats) -> Result<(), WsError> {
+    if batch.is_empty() {
+        return Ok(());
+    }
+    let count = batch.len() as u64;
+    let mut bytes = 0u64;
+    for msg in batch {
+        bytes += msg.len() as u64;
+        sink.feed(msg).await?;
+    }
+    sink.flush().await?;
+    stats.msgs_out.fetch_add(count, Ordering::Relaxed);
+    stats.bytes_out.fetch_add(bytes, Ordering::Relaxed);
+    Ok(())
+}
+
+/// Client → stdin queue. Ends when the client closes, fails or drops.
+async fn read_client(
+    mut stream: SplitStream<Ws>,
+    stdin_tx: mpsc::Sender<Bytes>,
+    binary: bool,
+    stats: Arc<Stats>,
+    started: Instant,
+) -> ClientEnd {
+    let mut closing = false;
+    let mut stdin_open = true;
+    loop {
+        let msg = match stream.next().await {
+            None if closing => return ClientEnd::Closed,
+            None => return ClientEnd::Gone("connection closed".into()),
+            Some(Ok(msg)) => msg,
+            Some(Err(WsError::ConnectionClosed)) if closing => return ClientEnd::Closed,
+            Some(Err(e)) => return classify(e),
+        };
+        stats.last_seen_ms.store(started.elapsed().as_millis() as u64, Ordering::Relaxed);
+        let data = match msg {
+            Message::Text(text) => {
+                let mut line = BytesMut::with_capacity(text.len() + 1);
+                line.extend_from_slice(text.as_bytes());
+                line.put_u8(b'\n');
+                line.freeze()
+            }
+            Message::Binary(data) if binary => data,
+            Message::Binary(data) => {
+                let mut line = BytesMut::with_capacity(data.len() + 1);
+                line.extend_from_slice(&data);
+                line.put_u8(b'\n');
+                line.freeze()
+            }
+            Message::Close(_) => {
+                closing = true;
+                continue;
+            }
+            Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => continue,
+        };
+        stats.msgs_in.fetch_add(1, Ordering::Relaxed);
+        stats.bytes_in.fetch_add(data.len() as u64, Ordering::Relaxed);
+        // After the child has gone, keep reading (to see the client's close) but drop data.
+        if stdin_open && stdin_tx.send(data).await.is_err() {
+            stdin_open = false;
+        }
+    }
+}
+
+/// The close code for a read error.
+fn classify(e: WsError) -> ClientEnd {
+    match e {
+        WsError::Utf8(why) => ClientEnd::Failed(CloseCode::Invalid, format!("invalid UTF-8 in a text message: {why}")),
+        WsError::Capacity(CapacityError::MessageTooLong { size, max_size }) => {
+            ClientEnd::Failed(CloseCode::Size, format!("message of {size} bytes is over the limit of {max_size}"))
+        }
+        WsError::Capacity(e) => ClientEnd::Failed(CloseCode::Size, e.to_string()),
+        WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake) => {
+            ClientEnd::Gone("connection dropped without a close frame".into())
+        }
+        WsError::Protocol(p) => ClientEnd::Failed(CloseCode::Protocol, p.to_string()),
+        WsError::ConnectionClosed | WsError::AlreadyClosed => ClientEnd::Gone("connection closed".into()),
+        other => ClientEnd::Gone(other.to_string()),
+    }
+}
+
+/// Queue → child's stdin, batching what is waiting into one write.
+async fn write_stdin(mut stdin: ChildStdin, mut rx: mpsc::Receiver<Bytes>) {
+    let mut batch = BytesMut::new();
+    while let Some(first) = rx.recv().await {
+        let result = if first.len() >= STDIN_BATCH || rx.is_empty() {
+            stdin.write_all(&first).await
+        } else {
+            batch.extend_from_slice(&first);
+            while batch.len() < STDIN_BATCH {
+                match rx.try_recv() {
+                    Ok(more) => batch.extend_from_slice(&more),
+                    Err(_) => break,
+                }
+            }
+            let r = stdin.write_all(&batch).await;
+            batch.clear();
+            r
+        };
+        if let Err(e) = result {
+            crate::debug!("process", "Cannot write to STDIN: {e}");
+            return;
+        }
+    }
+}
+
+/// The child's stderr: each line is logged, and with `--passstderr` also queued for the
+/// client as tagged JSON.
+async fn pump_stderr(mut stderr: ChildStderr, tx: Option<mpsc::Sender<String>>, max_line: usize) {
+    let mut lines = LineSplitter::new(max_line);
+    loop {
+        let n = match stderr.read_buf(lines.buffer()).await {
+            Ok(n) => n,
+            Err(e) => {
+                crate::error!("process", "Unexpected error while reading STDERR from process: {e}");
+                0
+            }
+        };
+        let mut batch: Vec<Bytes> = std::iter::from_fn(|| lines.next_line()).collect();
+        if n == 0 {
+            batch.extend(lines.finish());
+        }
+        for line in batch {
+            crate::error!("stderr", "{}", String::from_utf8_lossy(&line));
+            if let Some(tx) = &tx {
+                let json = framing::tagged_json("stderr", &line);
+                if tx.send(json).await.is_err() {
+                    return;
+                }
+            }
+        }
+        if n == 0 {
+            crate::debug!("process", "Process STDERR closed");
+            return;
+        }
+    }
+}
+
+/// Starts a session on an upgraded connection once the upgrade completes.
+pub fn spawn_after_upgrade(
+    tracker: &tokio_util::task::TaskTracker,
+    upgrade: hyper::upgrade::OnUpgrade,
+    session: Session,
+    ws_config: tokio_tungstenite::tungstenite::protocol::WebSocketConfig,
+    span: tracing::Span,
+) -> JoinHandle<()> {
+    tracker.spawn(
+        async move {
+            let mut session = session;
+            match upgrade.await {
+                Ok(upgraded) => {
+                    let ws = WebSocketStream::from_raw_socket(
+                        TokioIo::new(upgraded),
+                        tokio_tungstenite::tungstenite::protocol::Role::Server,
+                        Some(ws_config),
+                    )
+                    .await;
+                    session.run(ws).await;
+                }
+                Err(e) => {
+                    crate::access!("session", "upgrade failed: {e}");
+                    session.child.terminate(session.config.close_grace).await;
+                }
+            }
+        }
+        .instrument(span),
+    )
+}
