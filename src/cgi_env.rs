@@ -18,7 +18,11 @@ pub struct Remote {
 impl Remote {
     /// A client on the Unix socket: websocketd reports it this way.
     pub fn unix() -> Remote {
-        Remote { addr: "unix-socket".into(), host: "unix-socket".into(), port: String::new() }
+        Remote {
+            addr: "unix-socket".into(),
+            host: "unix-socket".into(),
+            port: String::new(),
+        }
     }
 }
 
@@ -30,14 +34,30 @@ pub struct ScriptPath {
 }
 
 /// Builds the child's environment, in websocketd's order.
-pub fn build(config: &Config, req: &Parts, remote: &Remote, script: &ScriptPath, id: &str) -> Vec<(OsString, OsString)> {
-    let host = req.headers.get(hyper::header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("");
-    let (server_name, server_port) = split_host_port(host, false).unwrap_or_else(|| (host.to_string(), String::new()));
+pub fn build(
+    config: &Config,
+    req: &Parts,
+    remote: &Remote,
+    script: &ScriptPath,
+    id: &str,
+) -> Vec<(OsString, OsString)> {
+    let host = req
+        .headers
+        .get(hyper::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("");
+    let (server_name, server_port) =
+        split_host_port(host, false).unwrap_or_else(|| (host.to_string(), String::new()));
     let path = percent_decode(req.uri.path());
     let query = req.uri.query().unwrap_or("");
-    let request_uri = req.uri.path_and_query().map(|pq| pq.as_str()).unwrap_or("/");
+    let request_uri = req
+        .uri
+        .path_and_query()
+        .map(|pq| pq.as_str())
+        .unwrap_or("/");
 
-    let mut env: Vec<(OsString, OsString)> = Vec::with_capacity(24 + config.parent_env.len() + req.headers.len());
+    let mut env: Vec<(OsString, OsString)> =
+        Vec::with_capacity(24 + config.parent_env.len() + req.headers.len());
     let mut put = |k: &str, v: &str| env.push((k.into(), clean(v).into()));
     put("SERVER_SOFTWARE", &config.server_software);
     for (k, v) in &config.parent_env {
@@ -54,7 +74,13 @@ pub fn build(config: &Config, req: &Parts, remote: &Remote, script: &ScriptPath,
     put("PATH_INFO", &script.path_info);
     put("PATH_TRANSLATED", &path);
     put("QUERY_STRING", query);
-    for k in ["AUTH_TYPE", "CONTENT_LENGTH", "CONTENT_TYPE", "REMOTE_IDENT", "REMOTE_USER"] {
+    for k in [
+        "AUTH_TYPE",
+        "CONTENT_LENGTH",
+        "CONTENT_TYPE",
+        "REMOTE_IDENT",
+        "REMOTE_USER",
+    ] {
         put(k, "");
     }
     put("UNIQUE_ID", id);
@@ -72,7 +98,10 @@ pub fn build(config: &Config, req: &Parts, remote: &Remote, script: &ScriptPath,
             .map(|v| clean(&String::from_utf8_lossy(v.as_bytes())))
             .collect::<Vec<_>>()
             .join(", ");
-        let key = format!("HTTP_{}", name.as_str().to_ascii_uppercase().replace('-', "_"));
+        let key = format!(
+            "HTTP_{}",
+            name.as_str().to_ascii_uppercase().replace('-', "_")
+        );
         env.push((key.into(), joined.into()));
     }
     env
@@ -103,12 +132,16 @@ pub fn split_host_port(hostport: &str, tls: bool) -> Option<(String, String)> {
         let (host, after) = rest.split_once(']')?;
         return match after {
             "" => Some((host.to_string(), default_port.to_string())),
-            p => p.strip_prefix(':').map(|p| (host.to_string(), p.to_string())),
+            p => p
+                .strip_prefix(':')
+                .map(|p| (host.to_string(), p.to_string())),
         };
     }
     match hostport.matches(':').count() {
         0 => Some((hostport.to_string(), default_port.to_string())),
-        1 => hostport.split_once(':').map(|(h, p)| (h.to_string(), p.to_string())),
+        1 => hostport
+            .split_once(':')
+            .map(|(h, p)| (h.to_string(), p.to_string())),
         _ => None,
     }
 }
@@ -140,11 +173,26 @@ mod tests {
 
     #[test]
     fn host_port_splits_like_go() {
-        assert_eq!(split_host_port("example.com", false), Some(("example.com".into(), "80".into())));
-        assert_eq!(split_host_port("example.com", true), Some(("example.com".into(), "443".into())));
-        assert_eq!(split_host_port("h:8080", false), Some(("h".into(), "8080".into())));
-        assert_eq!(split_host_port("[::1]:9", false), Some(("::1".into(), "9".into())));
-        assert_eq!(split_host_port("[::1]", false), Some(("::1".into(), "80".into())));
+        assert_eq!(
+            split_host_port("example.com", false),
+            Some(("example.com".into(), "80".into()))
+        );
+        assert_eq!(
+            split_host_port("example.com", true),
+            Some(("example.com".into(), "443".into()))
+        );
+        assert_eq!(
+            split_host_port("h:8080", false),
+            Some(("h".into(), "8080".into()))
+        );
+        assert_eq!(
+            split_host_port("[::1]:9", false),
+            Some(("::1".into(), "9".into()))
+        );
+        assert_eq!(
+            split_host_port("[::1]", false),
+            Some(("::1".into(), "80".into()))
+        );
         assert_eq!(split_host_port("::1", false), None);
     }
 

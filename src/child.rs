@@ -67,7 +67,11 @@ fn signal_name(sig: i32) -> &'static str {
 
 impl ChildProcess {
     /// Starts `program` with exactly `env`, in a new process group, with all three stdio piped.
-    pub fn spawn(program: &Path, args: &[OsString], env: Vec<(OsString, OsString)>) -> io::Result<ChildProcess> {
+    pub fn spawn(
+        program: &Path,
+        args: &[OsString],
+        env: Vec<(OsString, OsString)>,
+    ) -> io::Result<ChildProcess> {
         let mut cmd = Command::new(program);
         cmd.args(args)
             .env_clear()
@@ -78,7 +82,9 @@ impl ChildProcess {
             .process_group(0)
             .kill_on_drop(false);
         let mut child = cmd.spawn()?;
-        let pid = child.id().ok_or_else(|| io::Error::other("child exited before its pid was read"))?;
+        let pid = child
+            .id()
+            .ok_or_else(|| io::Error::other("child exited before its pid was read"))?;
         Ok(ChildProcess {
             stdin: child.stdin.take(),
             stdout: child.stdout.take(),
@@ -115,10 +121,19 @@ impl ChildProcess {
         let mut exit = None;
         for (sig, wait) in STEPS {
             if let Some(sig) = sig {
-                crate::debug!("process", "sending {} to process group {}", signal_name(sig), self.pid);
+                crate::debug!(
+                    "process",
+                    "sending {} to process group {}",
+                    signal_name(sig),
+                    self.pid
+                );
                 self.signal_group(sig);
             }
-            let grace = if sig == Some(libc::SIGKILL) { wait } else { wait + extra };
+            let grace = if sig == Some(libc::SIGKILL) {
+                wait
+            } else {
+                wait + extra
+            };
             if let Ok(status) = tokio::time::timeout(grace, self.wait()).await {
                 exit = status.ok();
                 break;

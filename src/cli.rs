@@ -108,8 +108,12 @@ pub struct Cli {
 
     /// Environment variables passed from wsd's own environment to the programs, comma
     /// separated. Every other variable of wsd's environment is withheld.
-    #[arg(long, value_name = "VAR[,VAR...]", default_value = "PATH,LD_LIBRARY_PATH",
-          help_heading = "Programs")]
+    #[arg(
+        long,
+        value_name = "VAR[,VAR...]",
+        default_value = "PATH,LD_LIBRARY_PATH",
+        help_heading = "Programs"
+    )]
     pub passenv: String,
 
     /// Look up the client's host name (REMOTE_HOST) with reverse DNS.
@@ -127,12 +131,22 @@ pub struct Cli {
     /// Extra grace in milliseconds before a program whose client left is signalled. Its stdin
     /// is closed at once; SIGINT, SIGTERM and SIGKILL go to its whole process group after
     /// 100, 250 and 500 ms more, each plus this value.
-    #[arg(long, value_name = "MS", default_value_t = 0, help_heading = "Programs")]
+    #[arg(
+        long,
+        value_name = "MS",
+        default_value_t = 0,
+        help_heading = "Programs"
+    )]
     pub closems: u64,
 
     /// Send a WebSocket ping every MS milliseconds; a client that answers nothing for two
     /// intervals is disconnected. 0 disables pings.
-    #[arg(long, value_name = "MS", default_value_t = 0, help_heading = "Programs")]
+    #[arg(
+        long,
+        value_name = "MS",
+        default_value_t = 0,
+        help_heading = "Programs"
+    )]
     pub pingms: u64,
 
     /// Accept upgrades only from these origins ([scheme://]host[:port], comma separated); others
@@ -164,11 +178,19 @@ pub struct Cli {
     pub loglevel: LogLevel,
 
     /// Serve static files from DIR over plain HTTP (not yet supported by wsd).
-    #[arg(long, value_name = "DIR", help_heading = "HTTP side (not yet supported)")]
+    #[arg(
+        long,
+        value_name = "DIR",
+        help_heading = "HTTP side (not yet supported)"
+    )]
     pub staticdir: Option<String>,
 
     /// Serve CGI scripts from DIR over plain HTTP (not yet supported by wsd).
-    #[arg(long, value_name = "DIR", help_heading = "HTTP side (not yet supported)")]
+    #[arg(
+        long,
+        value_name = "DIR",
+        help_heading = "HTTP side (not yet supported)"
+    )]
     pub cgidir: Option<String>,
 
     /// Answer plain GET requests with an interactive test page (not yet supported by wsd).
@@ -186,19 +208,35 @@ pub struct Cli {
     pub ssl: bool,
 
     /// TLS certificate file, PEM (not yet supported by wsd).
-    #[arg(long, value_name = "FILE", help_heading = "HTTP side (not yet supported)")]
+    #[arg(
+        long,
+        value_name = "FILE",
+        help_heading = "HTTP side (not yet supported)"
+    )]
     pub sslcert: Option<String>,
 
     /// TLS private key file, PEM (not yet supported by wsd).
-    #[arg(long, value_name = "FILE", help_heading = "HTTP side (not yet supported)")]
+    #[arg(
+        long,
+        value_name = "FILE",
+        help_heading = "HTTP side (not yet supported)"
+    )]
     pub sslkey: Option<String>,
 
     /// CA certificate for client certificates, mutual TLS (not yet supported by wsd).
-    #[arg(long, value_name = "FILE", help_heading = "HTTP side (not yet supported)")]
+    #[arg(
+        long,
+        value_name = "FILE",
+        help_heading = "HTTP side (not yet supported)"
+    )]
     pub sslca: Option<String>,
 
     /// Plain HTTP port that redirects to the main address (not yet supported by wsd).
-    #[arg(long, value_name = "PORT", help_heading = "HTTP side (not yet supported)")]
+    #[arg(
+        long,
+        value_name = "PORT",
+        help_heading = "HTTP side (not yet supported)"
+    )]
     pub redirport: Option<u16>,
 
     /// Print the version and exit.
@@ -236,7 +274,10 @@ fn parse_positive_usize(s: &str) -> Result<usize, String> {
 ///
 /// Only arguments before COMMAND are touched: the first argument that is neither a flag nor
 /// the value of the flag before it is COMMAND, and everything after it belongs to COMMAND.
-pub fn normalize_args<I>(args: I) -> Vec<OsString>
+///
+/// An argument before COMMAND that looks like a flag but names none is an error (clap would
+/// otherwise take it for COMMAND).
+pub fn normalize_args<I>(args: I) -> Result<Vec<OsString>, clap::Error>
 where
     I: IntoIterator<Item = OsString>,
 {
@@ -252,7 +293,10 @@ where
         }
         cmd.get_arguments()
             .find(|a| a.get_long() == Some(name))
-            .map(|a| a.get_action().takes_values() && a.get_num_args().is_some_and(|n| n.min_values() > 0))
+            .map(|a| {
+                a.get_action().takes_values()
+                    && a.get_num_args().is_some_and(|n| n.min_values() > 0)
+            })
     };
     let mut value_expected = false;
     for arg in args.by_ref() {
@@ -288,12 +332,16 @@ where
                 out.push(OsString::from(format!("--{body}")));
                 value_expected = needs_value && !has_value;
             }
-            // Unknown flag: leave it for clap to report by name.
-            None => out.push(arg),
+            None => {
+                return Err(cmd.clone().error(
+                    clap::error::ErrorKind::UnknownArgument,
+                    format!("unexpected argument '{s}' found"),
+                ))
+            }
         }
     }
     out.extend(args);
-    out
+    Ok(out)
 }
 
 /// Parses the process arguments, accepting every spelling Go's flag package accepts.
@@ -301,7 +349,7 @@ pub fn parse_args<I>(args: I) -> Result<Cli, clap::Error>
 where
     I: IntoIterator<Item = OsString>,
 {
-    Cli::try_parse_from(normalize_args(args))
+    Cli::try_parse_from(normalize_args(args)?)
 }
 
 #[cfg(test)]
@@ -309,8 +357,12 @@ mod tests {
     use super::*;
 
     fn parse(args: &[&str]) -> Cli {
-        parse_args(std::iter::once("wsd").chain(args.iter().copied()).map(OsString::from))
-            .expect("arguments parse")
+        parse_args(
+            std::iter::once("wsd")
+                .chain(args.iter().copied())
+                .map(OsString::from),
+        )
+        .expect("arguments parse")
     }
 
     #[test]
@@ -344,15 +396,32 @@ mod tests {
     fn command_arguments_pass_through_untouched() {
         let cli = parse(&["-port=1", "ls", "-port", "--binary", "-l"]);
         assert!(!cli.binary);
-        let want: Vec<OsString> = ["ls", "-port", "--binary", "-l"].iter().map(OsString::from).collect();
+        let want: Vec<OsString> = ["ls", "-port", "--binary", "-l"]
+            .iter()
+            .map(OsString::from)
+            .collect();
         assert_eq!(cli.command, want);
     }
 
     #[test]
     fn repeatable_flags_collect_and_scalars_take_the_last() {
-        let cli = parse(&["--address=127.0.0.1", "-address", "::1", "--port=1", "--port=2", "cat"]);
+        let cli = parse(&[
+            "--address=127.0.0.1",
+            "-address",
+            "::1",
+            "--port=1",
+            "--port=2",
+            "cat",
+        ]);
         assert_eq!(cli.address, vec!["127.0.0.1", "::1"]);
         assert_eq!(cli.port, Some(2));
+    }
+
+    #[test]
+    fn unknown_flags_before_the_command_are_errors() {
+        let err = parse_args(["wsd", "--nosuch", "cat"].map(OsString::from)).unwrap_err();
+        assert_eq!(err.kind(), clap::error::ErrorKind::UnknownArgument);
+        assert!(err.to_string().contains("--nosuch"));
     }
 
     #[test]

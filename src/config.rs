@@ -24,10 +24,16 @@ pub struct ConfigError {
 
 impl ConfigError {
     fn flag(message: impl Into<String>) -> Self {
-        ConfigError { message: message.into(), exit_code: 2 }
+        ConfigError {
+            message: message.into(),
+            exit_code: 2,
+        }
     }
     fn usage(message: impl Into<String>) -> Self {
-        ConfigError { message: message.into(), exit_code: 1 }
+        ConfigError {
+            message: message.into(),
+            exit_code: 1,
+        }
     }
 }
 
@@ -112,15 +118,23 @@ impl Config {
                     "ambiguous: provided COMMAND and --dir argument, please only specify one",
                 ))
             }
-            (Some((cmd, args)), None) => Program::Command { path: resolve_command(cmd)?, args: args.to_vec() },
+            (Some((cmd, args)), None) => Program::Command {
+                path: resolve_command(cmd)?,
+                args: args.to_vec(),
+            },
             (None, Some(dir)) => Program::Dir(resolve_dir(dir)?),
             (None, None) => {
-                return Err(ConfigError::usage("Please specify COMMAND or provide --dir argument."))
+                return Err(ConfigError::usage(
+                    "Please specify COMMAND or provide --dir argument.",
+                ))
             }
         };
 
         let unix_socket = cli.unixsocket.as_ref().map(PathBuf::from);
-        if unix_socket.as_ref().is_some_and(|p| p.as_os_str().is_empty()) {
+        if unix_socket
+            .as_ref()
+            .is_some_and(|p| p.as_os_str().is_empty())
+        {
             return Err(ConfigError::flag("--unixsocket: the path is empty"));
         }
         let tcp = if unix_socket.is_some() && cli.port.is_none() && cli.address.is_empty() {
@@ -128,7 +142,10 @@ impl Config {
         } else {
             let port = cli.port.unwrap_or(80);
             if cli.address.is_empty() {
-                vec![TcpAddr { host: String::new(), port }]
+                vec![TcpAddr {
+                    host: String::new(),
+                    port,
+                }]
             } else {
                 cli.address
                     .iter()
@@ -188,7 +205,11 @@ fn resolve_command(cmd: &OsString) -> Result<PathBuf, ConfigError> {
         return Err(not_found());
     }
     if given.components().count() > 1 || cmd.to_string_lossy().contains('/') {
-        return if is_executable_file(given) { Ok(given.to_path_buf()) } else { Err(not_found()) };
+        return if is_executable_file(given) {
+            Ok(given.to_path_buf())
+        } else {
+            Err(not_found())
+        };
     }
     let path = std::env::var_os("PATH").unwrap_or_default();
     std::env::split_paths(&path)
@@ -203,14 +224,18 @@ pub fn is_executable_file(path: &Path) -> bool {
 }
 
 fn resolve_dir(dir: &str) -> Result<PathBuf, ConfigError> {
-    let meta = std::fs::metadata(dir)
-        .map_err(|e| ConfigError::flag(format!("--dir: could not find your script dir '{dir}': {e}")))?;
+    let meta = std::fs::metadata(dir).map_err(|e| {
+        ConfigError::flag(format!(
+            "--dir: could not find your script dir '{dir}': {e}"
+        ))
+    })?;
     if !meta.is_dir() {
         return Err(ConfigError::flag(format!(
             "--dir: '{dir}' is not a directory (did you mean to give it as COMMAND?)"
         )));
     }
-    std::fs::canonicalize(dir).map_err(|e| ConfigError::flag(format!("--dir: cannot resolve '{dir}': {e}")))
+    std::fs::canonicalize(dir)
+        .map_err(|e| ConfigError::flag(format!("--dir: cannot resolve '{dir}': {e}")))
 }
 
 /// The `--passenv` variables that are set, with newlines flattened as websocketd does.
@@ -230,10 +255,16 @@ fn parse_headers(flag: &str, raw: &[String]) -> Result<Vec<ExtraHeader>, ConfigE
     raw.iter()
         .map(|h| {
             let (name, value) = h.split_once(':').unwrap_or((h.as_str(), ""));
-            let name = HeaderName::from_bytes(name.trim().as_bytes())
-                .map_err(|_| ConfigError::flag(format!("{flag}: '{h}' is not a valid header (expected \"Name: value\")")))?;
-            let value = HeaderValue::from_str(value.trim_start_matches(' '))
-                .map_err(|_| ConfigError::flag(format!("{flag}: '{h}' has a value that cannot be sent in a header")))?;
+            let name = HeaderName::from_bytes(name.trim().as_bytes()).map_err(|_| {
+                ConfigError::flag(format!(
+                    "{flag}: '{h}' is not a valid header (expected \"Name: value\")"
+                ))
+            })?;
+            let value = HeaderValue::from_str(value.trim_start_matches(' ')).map_err(|_| {
+                ConfigError::flag(format!(
+                    "{flag}: '{h}' has a value that cannot be sent in a header"
+                ))
+            })?;
             Ok((name, value))
         })
         .collect()

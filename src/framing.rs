@@ -22,7 +22,12 @@ pub struct LineSplitter {
 
 impl LineSplitter {
     pub fn new(max_line: usize) -> LineSplitter {
-        LineSplitter { buf: BytesMut::new(), scanned: 0, max_line, split_happened: false }
+        LineSplitter {
+            buf: BytesMut::new(),
+            scanned: 0,
+            max_line,
+            split_happened: false,
+        }
     }
 
     /// The buffer to read into; room for at least one chunk, never more than the line limit
@@ -36,7 +41,9 @@ impl LineSplitter {
 
     /// Takes the next complete line (or an over-long piece), without its line ending.
     pub fn next_line(&mut self) -> Option<Bytes> {
-        if let Some(pos) = memchr(b'\n', &self.buf[self.scanned..]) {
+        // A line of exactly `max_line` bytes may still be followed by its newline.
+        let window = self.buf.len().min(self.max_line + 1);
+        if let Some(pos) = memchr(b'\n', &self.buf[self.scanned.min(window)..window]) {
             let end = self.scanned + pos;
             let mut line = self.buf.split_to(end + 1);
             self.scanned = 0;
@@ -46,7 +53,7 @@ impl LineSplitter {
             }
             return Some(line.freeze());
         }
-        if self.buf.len() >= self.max_line {
+        if self.buf.len() > self.max_line {
             self.split_happened = true;
             let cut = utf8_boundary(&self.buf[..self.max_line]);
             self.scanned = 0;
@@ -91,7 +98,11 @@ fn utf8_boundary(piece: &[u8]) -> usize {
             0xF0..=0xF7 => 4,
             _ => return len,
         };
-        return if width > back && len - back > 0 { len - back } else { len };
+        return if width > back && len - back > 0 {
+            len - back
+        } else {
+            len
+        };
     }
     len
 }
@@ -101,7 +112,10 @@ fn utf8_boundary(piece: &[u8]) -> usize {
 pub fn to_text(line: Bytes) -> (tokio_tungstenite::tungstenite::Utf8Bytes, bool) {
     if std::str::from_utf8(&line).is_ok() {
         // SAFETY: just checked to be valid UTF-8.
-        (unsafe { tokio_tungstenite::tungstenite::Utf8Bytes::from_bytes_unchecked(line) }, false)
+        (
+            unsafe { tokio_tungstenite::tungstenite::Utf8Bytes::from_bytes_unchecked(line) },
+            false,
+        )
     } else {
         (String::from_utf8_lossy(&line).into_owned().into(), true)
     }
@@ -161,7 +175,10 @@ mod tests {
     #[test]
     fn long_lines_come_in_pieces_on_character_boundaries() {
         let mut s = LineSplitter::new(4);
-        assert_eq!(feed(&mut s, b"abcdefghij\n"), vec![&b"abcd"[..], b"efgh", b"ij"]);
+        assert_eq!(
+            feed(&mut s, b"abcdefghij\n"),
+            vec![&b"abcd"[..], b"efgh", b"ij"]
+        );
         assert!(s.split_happened);
         let mut s = LineSplitter::new(4);
         // "aé" is 3 bytes; "aéé" is 5: the cut must not fall inside the second é.
@@ -178,6 +195,9 @@ mod tests {
 
     #[test]
     fn json_matches_go() {
-        assert_eq!(tagged_json("stderr", b"a\"<b>&\\\t\x01"), r#"{"stream":"stderr","data":"a\"\u003cb\u003e\u0026\\\t\u0001"}"#);
+        assert_eq!(
+            tagged_json("stderr", b"a\"<b>&\\\t\x01"),
+            r#"{"stream":"stderr","data":"a\"\u003cb\u003e\u0026\\\t\u0001"}"#
+        );
     }
 }

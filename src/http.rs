@@ -66,7 +66,12 @@ impl Shared {
         let mut prev = self.last_id.load(Ordering::Relaxed);
         loop {
             let next = now.max(prev + 1);
-            match self.last_id.compare_exchange_weak(prev, next, Ordering::Relaxed, Ordering::Relaxed) {
+            match self.last_id.compare_exchange_weak(
+                prev,
+                next,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            ) {
                 Ok(_) => return next.to_string(),
                 Err(actual) => prev = actual,
             }
@@ -84,9 +89,23 @@ pub enum Peer {
 type Body = Full<Bytes>;
 
 /// Answers one request.
-pub async fn handle(shared: Arc<Shared>, peer: Arc<Peer>, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
-    let host = req.headers().get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("").to_string();
-    let url = tell_url(&shared.config, "http", &host, req.uri().path_and_query().map_or("/", |p| p.as_str()));
+pub async fn handle(
+    shared: Arc<Shared>,
+    peer: Arc<Peer>,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, Infallible> {
+    let host = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    let url = tell_url(
+        &shared.config,
+        "http",
+        &host,
+        req.uri().path_and_query().map_or("/", |p| p.as_str()),
+    );
     let span = tracing::error_span!(target: "wsd", "request", url = %url, id = Empty, remote = Empty, command = Empty, origin = Empty, pid = Empty);
     let response = if is_upgrade(&req) {
         upgrade(&shared, &peer, req).instrument(span).await
@@ -130,25 +149,46 @@ fn plain(shared: &Shared, req: &Request<Incoming>, url: &str) -> Response<Body> 
                 config,
                 &config.headers_http,
             );
-            resp.headers_mut().insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-            resp.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
-            resp.headers_mut().insert(header::SEC_WEBSOCKET_VERSION, HeaderValue::from_static("13"));
+            resp.headers_mut()
+                .insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+            resp.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+            resp.headers_mut().insert(
+                header::SEC_WEBSOCKET_VERSION,
+                HeaderValue::from_static("13"),
+            );
             resp
         }
         Err(e) => {
             crate::access!("http", "NOT FOUND: {e}");
-            text_response(StatusCode::NOT_FOUND, "404 page not found\n", config, &config.headers_http)
+            text_response(
+                StatusCode::NOT_FOUND,
+                "404 page not found\n",
+                config,
+                &config.headers_http,
+            )
         }
     }
 }
 
 /// A short text answer with the configured extra headers (`--header` and `extra`).
-fn text_response(status: StatusCode, body: &str, config: &Config, extra: &[ExtraHeader]) -> Response<Body> {
+fn text_response(
+    status: StatusCode,
+    body: &str,
+    config: &Config,
+    extra: &[ExtraHeader],
+) -> Response<Body> {
     let mut resp = Response::new(Full::new(Bytes::from(body.to_string())));
     *resp.status_mut() = status;
     let h = resp.headers_mut();
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
-    h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
     add_headers(h, &config.headers);
     add_headers(h, extra);
     resp
@@ -163,7 +203,12 @@ fn add_headers(h: &mut hyper::HeaderMap, extra: &[ExtraHeader]) {
 /// A refused upgrade: logged once, answered with `status`.
 fn refuse(config: &Config, status: StatusCode, why: &str) -> Response<Body> {
     let reason = status.canonical_reason().unwrap_or("");
-    text_response(status, &format!("{} {reason}\n{why}\n", status.as_u16()), config, &config.headers_http)
+    text_response(
+        status,
+        &format!("{} {reason}\n{why}\n", status.as_u16()),
+        config,
+        &config.headers_http,
+    )
 }
 
 async fn upgrade(shared: &Arc<Shared>, peer: &Peer, mut req: Request<Incoming>) -> Response<Body> {
@@ -174,8 +219,15 @@ async fn upgrade(shared: &Arc<Shared>, peer: &Peer, mut req: Request<Incoming>) 
         Some(forks) => match forks.clone().try_acquire_owned() {
             Ok(p) => Some(p),
             Err(_) => {
-                crate::error!("http", "Max of possible forks already active, upgrade rejected");
-                return refuse(config, StatusCode::TOO_MANY_REQUESTS, "too many connections: the server's --maxforks limit is reached");
+                crate::error!(
+                    "http",
+                    "Max of possible forks already active, upgrade rejected"
+                );
+                return refuse(
+                    config,
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "too many connections: the server's --maxforks limit is reached",
+                );
             }
         },
         None => None,
@@ -196,34 +248,82 @@ async fn upgrade(shared: &Arc<Shared>, peer: &Peer, mut req: Request<Incoming>) 
             return refuse(config, StatusCode::NOT_FOUND, "no program for this path");
         }
         Err(RouteError::NotExecutable) => {
-            crate::error!("session", "FORBIDDEN: the script for this path is not executable");
-            return refuse(config, StatusCode::FORBIDDEN, "the program for this path is not executable");
+            crate::error!(
+                "session",
+                "FORBIDDEN: the script for this path is not executable"
+            );
+            return refuse(
+                config,
+                StatusCode::FORBIDDEN,
+                "the program for this path is not executable",
+            );
         }
     };
     span.record("command", route.program.to_string_lossy().as_ref());
 
     if req.method() != hyper::Method::GET {
-        crate::access!("session", "Unable to Upgrade: method {} is not GET", req.method());
-        let mut resp = refuse(config, StatusCode::METHOD_NOT_ALLOWED, "a WebSocket handshake must be a GET request");
-        resp.headers_mut().insert(header::ALLOW, HeaderValue::from_static("GET"));
+        crate::access!(
+            "session",
+            "Unable to Upgrade: method {} is not GET",
+            req.method()
+        );
+        let mut resp = refuse(
+            config,
+            StatusCode::METHOD_NOT_ALLOWED,
+            "a WebSocket handshake must be a GET request",
+        );
+        resp.headers_mut()
+            .insert(header::ALLOW, HeaderValue::from_static("GET"));
         return resp;
     }
-    let version_ok = req.headers().get(header::SEC_WEBSOCKET_VERSION).is_some_and(|v| v.as_bytes() == b"13");
+    let version_ok = req
+        .headers()
+        .get(header::SEC_WEBSOCKET_VERSION)
+        .is_some_and(|v| v.as_bytes() == b"13");
     if !version_ok {
-        crate::access!("session", "Unable to Upgrade: unsupported Sec-WebSocket-Version");
-        let mut resp = refuse(config, StatusCode::UPGRADE_REQUIRED, "unsupported Sec-WebSocket-Version: this server speaks version 13");
-        resp.headers_mut().insert(header::SEC_WEBSOCKET_VERSION, HeaderValue::from_static("13"));
+        crate::access!(
+            "session",
+            "Unable to Upgrade: unsupported Sec-WebSocket-Version"
+        );
+        let mut resp = refuse(
+            config,
+            StatusCode::UPGRADE_REQUIRED,
+            "unsupported Sec-WebSocket-Version: this server speaks version 13",
+        );
+        resp.headers_mut().insert(
+            header::SEC_WEBSOCKET_VERSION,
+            HeaderValue::from_static("13"),
+        );
         return resp;
     }
-    let Some(key) = req.headers().get(header::SEC_WEBSOCKET_KEY).filter(|k| valid_key(k.as_bytes())).cloned() else {
-        crate::access!("session", "Unable to Upgrade: missing or malformed Sec-WebSocket-Key");
-        return refuse(config, StatusCode::BAD_REQUEST, "Sec-WebSocket-Key must be the base64 encoding of 16 bytes");
+    let Some(key) = req
+        .headers()
+        .get(header::SEC_WEBSOCKET_KEY)
+        .filter(|k| valid_key(k.as_bytes()))
+        .cloned()
+    else {
+        crate::access!(
+            "session",
+            "Unable to Upgrade: missing or malformed Sec-WebSocket-Key"
+        );
+        return refuse(
+            config,
+            StatusCode::BAD_REQUEST,
+            "Sec-WebSocket-Key must be the base64 encoding of 16 bytes",
+        );
     };
 
-    let origin_header = req.headers().get(header::ORIGIN).and_then(|o| o.to_str().ok());
+    let origin_header = req
+        .headers()
+        .get(header::ORIGIN)
+        .and_then(|o| o.to_str().ok());
     let origin = crate::origin::effective_origin(origin_header, config).to_string();
     span.record("origin", origin.as_str());
-    let host = req.headers().get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("");
+    let host = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("");
     if let Err(refused) = crate::origin::check(&origin, host, config) {
         crate::access!("session", "{}", refused.0);
         return refuse(config, StatusCode::FORBIDDEN, "origin not allowed");
@@ -235,8 +335,16 @@ async fn upgrade(shared: &Arc<Shared>, peer: &Peer, mut req: Request<Incoming>) 
     let child = match ChildProcess::spawn(&route.program, &route.args, env) {
         Ok(c) => c,
         Err(e) => {
-            crate::error!("process", "Could not launch process {} ({e})", route.program.display());
-            return refuse(config, StatusCode::INTERNAL_SERVER_ERROR, "the program could not be started");
+            crate::error!(
+                "process",
+                "Could not launch process {} ({e})",
+                route.program.display()
+            );
+            return refuse(
+                config,
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "the program could not be started",
+            );
         }
     };
     span.record("pid", child.pid().to_string().as_str());
@@ -246,7 +354,12 @@ async fn upgrade(shared: &Arc<Shared>, peer: &Peer, mut req: Request<Incoming>) 
         .write_buffer_size(WS_WRITE_BUFFER)
         .max_message_size(config.max_message)
         .max_frame_size(config.max_message);
-    let session = Session { config: config.clone(), child, shutdown: shared.shutdown.clone(), permit };
+    let session = Session {
+        config: config.clone(),
+        child,
+        shutdown: shared.shutdown.clone(),
+        permit,
+    };
     session::spawn_after_upgrade(&shared.tracker, upgrade, session, ws_config, span.clone());
 
     let mut resp = Response::new(Full::new(Bytes::new()));
@@ -283,11 +396,19 @@ async fn remote_info(addr: std::net::SocketAddr, reverse_lookup: bool) -> Remote
     let ip = addr.ip().to_canonical().to_string();
     let host = if reverse_lookup {
         let ip_addr = addr.ip().to_canonical();
-        tokio::task::spawn_blocking(move || reverse_dns(ip_addr)).await.ok().flatten().unwrap_or_else(|| ip.clone())
+        tokio::task::spawn_blocking(move || reverse_dns(ip_addr))
+            .await
+            .ok()
+            .flatten()
+            .unwrap_or_else(|| ip.clone())
     } else {
         ip.clone()
     };
-    Remote { addr: ip, host, port: addr.port().to_string() }
+    Remote {
+        addr: ip,
+        host,
+        port: addr.port().to_string(),
+    }
 }
 
 /// The host name for an address, by the system resolver (`--reverselookup`).
@@ -324,7 +445,11 @@ fn reverse_dns(ip: std::net::IpAddr) -> Option<String> {
         if rc != 0 {
             return None;
         }
-        Some(std::ffi::CStr::from_ptr(host.as_ptr()).to_string_lossy().into_owned())
+        Some(
+            std::ffi::CStr::from_ptr(host.as_ptr())
+                .to_string_lossy()
+                .into_owned(),
+        )
     }
 }
 

@@ -10,8 +10,6 @@
 //! ([`route`], [`origin`], [`cgi_env`]) and starts the [`child`], and [`session`] bridges the
 //! two, cutting output into messages with [`framing`].
 
-
-
 pub mod cgi_env;
 pub mod child;
 pub mod cli;

@@ -73,9 +73,13 @@ pub fn init(level: LogLevel) {
         LogLevel::Debug => Targets::new().with_default(LevelFilter::TRACE),
         LogLevel::Trace => Targets::new().with_default(LevelFilter::DEBUG),
         LogLevel::Access => Targets::new().with_default(LevelFilter::INFO),
-        LogLevel::Info => Targets::new().with_default(LevelFilter::INFO).with_target("access", LevelFilter::OFF),
+        LogLevel::Info => Targets::new()
+            .with_default(LevelFilter::INFO)
+            .with_target("access", LevelFilter::OFF),
         LogLevel::Error => Targets::new().with_default(LevelFilter::ERROR),
-        LogLevel::Fatal => Targets::new().with_default(LevelFilter::OFF).with_target("fatal", LevelFilter::ERROR),
+        LogLevel::Fatal => Targets::new()
+            .with_default(LevelFilter::OFF)
+            .with_target("fatal", LevelFilter::ERROR),
         LogLevel::None => Targets::new().with_default(LevelFilter::OFF),
     };
     let layer = tracing_subscriber::fmt::layer()
@@ -91,8 +95,16 @@ pub fn init(level: LogLevel) {
 struct PairFields;
 
 impl<'w> FormatFields<'w> for PairFields {
-    fn format_fields<R: tracing_subscriber::field::RecordFields>(&self, mut writer: Writer<'w>, fields: R) -> fmt::Result {
-        let mut visitor = PairVisitor { writer: &mut writer, first: true, result: Ok(()) };
+    fn format_fields<R: tracing_subscriber::field::RecordFields>(
+        &self,
+        mut writer: Writer<'w>,
+        fields: R,
+    ) -> fmt::Result {
+        let mut visitor = PairVisitor {
+            writer: &mut writer,
+            first: true,
+            result: Ok(()),
+        };
         fields.record(&mut visitor);
         visitor.result
     }
@@ -151,7 +163,12 @@ where
     S: Subscriber + for<'a> LookupSpan<'a>,
     N: for<'a> FormatFields<'a> + 'static,
 {
-    fn format_event(&self, ctx: &FmtContext<'_, S, N>, mut writer: Writer<'_>, event: &Event<'_>) -> fmt::Result {
+    fn format_event(
+        &self,
+        ctx: &FmtContext<'_, S, N>,
+        mut writer: Writer<'_>,
+        event: &Event<'_>,
+    ) -> fmt::Result {
         let meta = event.metadata();
         let level = match (*meta.level(), meta.target()) {
             (Level::TRACE, _) => "DEBUG",

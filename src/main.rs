@@ -21,12 +21,21 @@ fn main() -> ExitCode {
             }
             // One line naming the flag, as clap words it, without its multi-line hints.
             let text = e.to_string();
-            eprintln!("wsd: {}", text.lines().next().unwrap_or("invalid arguments").trim_start_matches("error: "));
+            eprintln!(
+                "wsd: {}",
+                text.lines()
+                    .next()
+                    .unwrap_or("invalid arguments")
+                    .trim_start_matches("error: ")
+            );
             return ExitCode::from(2);
         }
     };
     if cli.version {
-        println!("wsd {} (a drop-in replacement for websocketd 0.5.0)", env!("CARGO_PKG_VERSION"));
+        println!(
+            "wsd {} (a drop-in replacement for websocketd 0.5.0)",
+            env!("CARGO_PKG_VERSION")
+        );
         return ExitCode::SUCCESS;
     }
     if cli.license {
@@ -41,7 +50,10 @@ fn main() -> ExitCode {
         }
     };
     wsd::log::init(config.log_level);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("wsd: cannot start the async runtime: {e}");

@@ -19,15 +19,16 @@ pub fn effective_origin<'a>(header: Option<&'a str>, config: &Config) -> &'a str
 
 /// Checks an upgrade's Origin against the configuration. `host` is the request's Host header.
 pub fn check(origin: &str, host: &str, config: &Config) -> Result<(), Refused> {
-    let (scheme, origin_host) = parse_origin(origin).ok_or_else(|| Refused(format!("Origin parsing error: '{origin}'")))?;
+    let (scheme, origin_host) =
+        parse_origin(origin).ok_or_else(|| Refused(format!("Origin parsing error: '{origin}'")))?;
     if !config.same_origin && config.allow_origins.is_none() {
         return Ok(());
     }
     let (o_server, o_port) = split_host_port(origin_host, scheme.eq_ignore_ascii_case("https"))
         .ok_or_else(|| Refused(format!("Origin hostname parsing error: '{origin_host}'")))?;
     if config.same_origin {
-        let (l_server, l_port) =
-            split_host_port(host, false).ok_or_else(|| Refused(format!("Request hostname parsing error: '{host}'")))?;
+        let (l_server, l_port) = split_host_port(host, false)
+            .ok_or_else(|| Refused(format!("Request hostname parsing error: '{host}'")))?;
         if o_server != l_server || o_port != l_port {
             return Err(Refused("Same origin policy mismatch".into()));
         }
@@ -91,7 +92,10 @@ mod tests {
 
     #[test]
     fn origins_parse_like_go() {
-        assert_eq!(parse_origin("http://a.com:3000"), Some(("http", "a.com:3000")));
+        assert_eq!(
+            parse_origin("http://a.com:3000"),
+            Some(("http", "a.com:3000"))
+        );
         assert_eq!(parse_origin("file:"), Some(("file", "")));
         assert_eq!(parse_origin("null"), None);
         assert_eq!(parse_origin("https://u@h/x"), Some(("https", "h")));

@@ -30,10 +30,16 @@ pub enum RouteError {
 pub fn resolve(config: &Config, raw_path: &str) -> Result<Route, RouteError> {
     let path = percent_decode(raw_path);
     match &config.program {
-        Program::Command { path: program, args } => Ok(Route {
+        Program::Command {
+            path: program,
+            args,
+        } => Ok(Route {
             program: program.clone(),
             args: args.clone(),
-            script: ScriptPath { script_name: "/".into(), path_info: path },
+            script: ScriptPath {
+                script_name: "/".into(),
+                path_info: path,
+            },
         }),
         Program::Dir(dir) => resolve_in_dir(dir, &path),
     }
@@ -43,7 +49,10 @@ fn resolve_in_dir(dir: &Path, path: &str) -> Result<Route, RouteError> {
     let rel = path.strip_prefix('/').ok_or(RouteError::NotFound)?;
     let parts: Vec<&str> = rel.split('/').collect();
     // Decoding happened first, so an encoded "%2e%2e" or "%2f" is checked here too.
-    if parts.iter().any(|p| *p == ".." || *p == "." || p.contains('\0')) {
+    if parts
+        .iter()
+        .any(|p| *p == ".." || *p == "." || p.contains('\0'))
+    {
         return Err(RouteError::NotFound);
     }
     let mut script_name = String::new();
@@ -67,8 +76,19 @@ fn resolve_in_dir(dir: &Path, path: &str) -> Result<Route, RouteError> {
         if !is_executable_file(&real) {
             return Err(RouteError::NotExecutable);
         }
-        let path_info = if last { String::new() } else { format!("/{}", parts[i + 1..].join("/")) };
-        return Ok(Route { program: file, args: Vec::new(), script: ScriptPath { script_name, path_info } });
+        let path_info = if last {
+            String::new()
+        } else {
+            format!("/{}", parts[i + 1..].join("/"))
+        };
+        return Ok(Route {
+            program: file,
+            args: Vec::new(),
+            script: ScriptPath {
+                script_name,
+                path_info,
+            },
+        });
     }
     Err(RouteError::NotFound)
 }

@@ -51,14 +51,25 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     match &config.program {
         Program::Command { path, args } => {
             let args: Vec<_> = args.iter().map(|a| a.to_string_lossy()).collect();
-            crate::info!("server", "Serving using application   : {} {}", path.display(), args.join(" "));
+            crate::info!(
+                "server",
+                "Serving using application   : {} {}",
+                path.display(),
+                args.join(" ")
+            );
         }
-        Program::Dir(dir) => crate::info!("server", "Serving from directory      : {}", dir.display()),
+        Program::Dir(dir) => {
+            crate::info!("server", "Serving from directory      : {}", dir.display())
+        }
     }
 
     let shutdown = CancellationToken::new();
     let tracker = TaskTracker::new();
-    let shared = Arc::new(Shared::new(config.clone(), shutdown.clone(), tracker.clone()));
+    let shared = Arc::new(Shared::new(
+        config.clone(),
+        shutdown.clone(),
+        tracker.clone(),
+    ));
     let mut accept_loops = Vec::new();
     for listener in listeners {
         match &listener {
@@ -71,7 +82,11 @@ pub async fn run(config: Config) -> Result<(), StartError> {
                 crate::info!("server", "Starting WebSocket server   : {url}");
             }
             Listener::Unix(_, path) => {
-                crate::info!("server", "Starting WebSocket server   : unix socket at {}", path.display())
+                crate::info!(
+                    "server",
+                    "Starting WebSocket server   : unix socket at {}",
+                    path.display()
+                )
             }
         }
         accept_loops.push(tokio::spawn(accept_loop(listener, shared.clone())));
@@ -87,7 +102,10 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     // Each session's teardown takes at most the signal schedule plus 3 x --closems.
     let bound = Duration::from_secs(3) + config.close_grace * 3;
     if tokio::time::timeout(bound, tracker.wait()).await.is_err() {
-        crate::error!("server", "some connections did not finish within {bound:?}; exiting anyway");
+        crate::error!(
+            "server",
+            "some connections did not finish within {bound:?}; exiting anyway"
+        );
     }
     if let Some(path) = &config.unix_socket {
         let _ = std::fs::remove_file(path);
@@ -96,8 +114,14 @@ pub async fn run(config: Config) -> Result<(), StartError> {
 }
 
 async fn wait_for_signal() {
-    let (Ok(mut int), Ok(mut term)) = (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) else {
-        crate::error!("server", "cannot install signal handlers; stop with SIGKILL");
+    let (Ok(mut int), Ok(mut term)) = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) else {
+        crate::error!(
+            "server",
+            "cannot install signal handlers; stop with SIGKILL"
+        );
         return std::future::pending().await;
     };
     tokio::select! {
@@ -119,20 +143,38 @@ fn listen_error(network: &str, addr: &str, e: &io::Error) -> StartError {
 }
 
 async fn bind_tcp(addr: &TcpAddr) -> Result<Listener, StartError> {
-    let shown = if addr.host.contains(':') { format!("[{}]:{}", addr.host, addr.port) } else { format!("{}:{}", addr.host, addr.port) };
+    let shown = if addr.host.contains(':') {
+        format!("[{}]:{}", addr.host, addr.port)
+    } else {
+        format!("{}:{}", addr.host, addr.port)
+    };
     let listener = if addr.host.is_empty() {
         // All interfaces: one dual-stack IPv6 socket, or IPv4 where IPv6 is unavailable.
-        match TcpListener::bind(SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), addr.port)).await {
+        match TcpListener::bind(SocketAddr::new(
+            IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+            addr.port,
+        ))
+        .await
+        {
             Ok(l) => l,
-            Err(e) if e.kind() == io::ErrorKind::AddrInUse => return Err(listen_error("tcp", &shown, &e)),
-            Err(_) => TcpListener::bind(SocketAddr::new(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), addr.port))
-                .await
-                .map_err(|e| listen_error("tcp", &shown, &e))?,
+            Err(e) if e.kind() == io::ErrorKind::AddrInUse => {
+                return Err(listen_error("tcp", &shown, &e))
+            }
+            Err(_) => TcpListener::bind(SocketAddr::new(
+                IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
+                addr.port,
+            ))
+            .await
+            .map_err(|e| listen_error("tcp", &shown, &e))?,
         }
     } else if let Ok(ip) = addr.host.parse::<IpAddr>() {
-        TcpListener::bind(SocketAddr::new(ip, addr.port)).await.map_err(|e| listen_error("tcp", &shown, &e))?
+        TcpListener::bind(SocketAddr::new(ip, addr.port))
+            .await
+            .map_err(|e| listen_error("tcp", &shown, &e))?
     } else {
-        TcpListener::bind((addr.host.as_str(), addr.port)).await.map_err(|e| listen_error("tcp", &shown, &e))?
+        TcpListener::bind((addr.host.as_str(), addr.port))
+            .await
+            .map_err(|e| listen_error("tcp", &shown, &e))?
     };
     Ok(Listener::Tcp(listener, addr.host.clone()))
 }
@@ -142,12 +184,23 @@ async fn bind_unix(path: &Path) -> Result<UnixListener, StartError> {
     use std::os::unix::fs::FileTypeExt;
     if let Ok(meta) = std::fs::symlink_metadata(path) {
         if meta.file_type().is_socket() {
-            let probe = tokio::time::timeout(Duration::from_secs(1), tokio::net::UnixStream::connect(path)).await;
+            let probe = tokio::time::timeout(
+                Duration::from_secs(1),
+                tokio::net::UnixStream::connect(path),
+            )
+            .await;
             if matches!(probe, Ok(Ok(_))) {
-                return Err(StartError(format!("socket {} is already in use by a running server", path.display())));
+                return Err(StartError(format!(
+                    "socket {} is already in use by a running server",
+                    path.display()
+                )));
             }
-            std::fs::remove_file(path)
-                .map_err(|e| StartError(format!("failed to remove stale socket {}: {e}", path.display())))?;
+            std::fs::remove_file(path).map_err(|e| {
+                StartError(format!(
+                    "failed to remove stale socket {}: {e}",
+                    path.display()
+                ))
+            })?;
         }
     }
     UnixListener::bind(path).map_err(|e| listen_error("unix", &path.display().to_string(), &e))

@@ -106,9 +106,14 @@ impl Session {
 
         let (mut sink, stream) = ws.split();
         let (stdin_tx, stdin_rx) = mpsc::channel::<Bytes>(STDIN_QUEUE);
-        let stdin_task = self.child.stdin.take().map(|stdin| tokio::spawn(write_stdin(stdin, stdin_rx).in_current_span()));
+        let stdin_task = self
+            .child
+            .stdin
+            .take()
+            .map(|stdin| tokio::spawn(write_stdin(stdin, stdin_rx).in_current_span()));
         let mut reader = tokio::spawn(
-            read_client(stream, stdin_tx, self.config.binary, stats.clone(), started).in_current_span(),
+            read_client(stream, stdin_tx, self.config.binary, stats.clone(), started)
+                .in_current_span(),
         );
         let (stderr_tx, stderr_rx) = mpsc::channel::<String>(STDERR_QUEUE);
         let stderr_task = self.child.stderr.take().map(|stderr| {
@@ -119,7 +124,15 @@ impl Session {
         let stdout = self.child.stdout.take();
 
         let end = {
-            let pump = pump_output(&mut sink, stdout, stderr_rx, &mut self.child, &self.config, &stats, started);
+            let pump = pump_output(
+                &mut sink,
+                stdout,
+                stderr_rx,
+                &mut self.child,
+                &self.config,
+                &stats,
+                started,
+            );
             tokio::select! {
                 biased;
                 _ = self.shutdown.cancelled() => End::Shutdown,
@@ -180,7 +193,10 @@ impl Session {
             }
             End::Shutdown => {
                 let (_, exit) = tokio::join!(
-                    send_close(&mut sink, close_frame(CloseCode::Away, "server shutting down")),
+                    send_close(
+                        &mut sink,
+                        close_frame(CloseCode::Away, "server shutting down")
+                    ),
                     self.child.terminate(grace)
                 );
                 exit
@@ -214,12 +230,18 @@ fn close_frame(code: CloseCode, reason: &str) -> CloseFrame {
     while !reason.is_char_boundary(end) {
         end -= 1;
     }
-    CloseFrame { code, reason: reason[..end].to_string().into() }
+    CloseFrame {
+        code,
+        reason: reason[..end].to_string().into(),
+    }
 }
 
 /// Sends a close frame, giving up after [`CLOSE_TIMEOUT`]; true if it was sent.
 async fn send_close(sink: &mut Sink, frame: CloseFrame) -> bool {
-    matches!(tokio::time::timeout(CLOSE_TIMEOUT, sink.send(Message::Close(Some(frame)))).await, Ok(Ok(())))
+    matches!(
+        tokio::time::timeout(CLOSE_TIMEOUT, sink.send(Message::Close(Some(frame)))).await,
+        Ok(Ok(()))
+    )
 }
 
 /// Child output → client. Returns when the output has ended (and, with `--passstderr`, stderr
@@ -381,7 +403,9 @@ async fn read_client(
             Some(Err(WsError::ConnectionClosed)) if closing => return ClientEnd::Closed,
             Some(Err(e)) => return classify(e),
         };
-        stats.last_seen_ms.store(started.elapsed().as_millis() as u64, Ordering::Relaxed);
+        stats
+            .last_seen_ms
+            .store(started.elapsed().as_millis() as u64, Ordering::Relaxed);
         let data = match msg {
             Message::Text(text) => {
                 let mut line = BytesMut::with_capacity(text.len() + 1);
@@ -403,7 +427,9 @@ async fn read_client(
             Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => continue,
         };
         stats.msgs_in.fetch_add(1, Ordering::Relaxed);
-        stats.bytes_in.fetch_add(data.len() as u64, Ordering::Relaxed);
+        stats
+            .bytes_in
+            .fetch_add(data.len() as u64, Ordering::Relaxed);
         // After the child has gone, keep reading (to see the client's close) but drop data.
         if stdin_open && stdin_tx.send(data).await.is_err() {
             stdin_open = false;
@@ -414,16 +440,22 @@ async fn read_client(
 /// The close code for a read error.
 fn classify(e: WsError) -> ClientEnd {
     match e {
-        WsError::Utf8(why) => ClientEnd::Failed(CloseCode::Invalid, format!("invalid UTF-8 in a text message: {why}")),
-        WsError::Capacity(CapacityError::MessageTooLong { size, max_size }) => {
-            ClientEnd::Failed(CloseCode::Size, format!("message of {size} bytes is over the limit of {max_size}"))
-        }
+        WsError::Utf8(why) => ClientEnd::Failed(
+            CloseCode::Invalid,
+            format!("invalid UTF-8 in a text message: {why}"),
+        ),
+        WsError::Capacity(CapacityError::MessageTooLong { size, max_size }) => ClientEnd::Failed(
+            CloseCode::Size,
+            format!("message of {size} bytes is over the limit of {max_size}"),
+        ),
         WsError::Capacity(e) => ClientEnd::Failed(CloseCode::Size, e.to_string()),
         WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake) => {
             ClientEnd::Gone("connection dropped without a close frame".into())
         }
         WsError::Protocol(p) => ClientEnd::Failed(CloseCode::Protocol, p.to_string()),
-        WsError::ConnectionClosed | WsError::AlreadyClosed => ClientEnd::Gone("connection closed".into()),
+        WsError::ConnectionClosed | WsError::AlreadyClosed => {
+            ClientEnd::Gone("connection closed".into())
+        }
         other => ClientEnd::Gone(other.to_string()),
     }
 }
@@ -461,7 +493,10 @@ async fn pump_stderr(mut stderr: ChildStderr, tx: Option<mpsc::Sender<String>>, 
         let n = match stderr.read_buf(lines.buffer()).await {
             Ok(n) => n,
             Err(e) => {
-                crate::error!("process", "Unexpected error while reading STDERR from process: {e}");
+                crate::error!(
+                    "process",
+                    "Unexpected error while reading STDERR from process: {e}"
+                );
                 0
             }
         };
