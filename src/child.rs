@@ -25,6 +25,8 @@ const STEPS: [(Option<libc::c_int>, Duration); 4] = [
 pub struct ChildProcess {
     child: Child,
     pid: u32,
+    /// Set once `wait` has returned: the pid is then no longer ours to signal.
+    reaped: bool,
     pub stdin: Option<ChildStdin>,
     pub stdout: Option<ChildStdout>,
     pub stderr: Option<ChildStderr>,
@@ -91,6 +93,7 @@ impl ChildProcess {
             stderr: child.stderr.take(),
             child,
             pid,
+            reaped: false,
         })
     }
 
@@ -100,7 +103,9 @@ impl ChildProcess {
 
     /// Waits for the program to exit (cancel-safe).
     pub async fn wait(&mut self) -> io::Result<Exit> {
-        self.child.wait().await.map(Exit)
+        let status = self.child.wait().await?;
+        self.reaped = true;
+        Ok(Exit(status))
     }
 
     /// Sends `sig` to the program's whole process group.
@@ -149,5 +154,15 @@ impl ChildProcess {
     /// After the program has exited by itself: kills what is left of its process group.
     pub fn kill_leftovers(&self) {
         self.signal_group(libc::SIGKILL);
+    }
+}
+
+impl Drop for ChildProcess {
+    /// A session that ends abnormally (a panic, say) must not leave its program running: kill
+    /// the group; tokio reaps the dropped child in the background.
+    fn drop(&mut self) {
+        if !self.reaped {
+            self.signal_group(libc::SIGKILL);
+        }
     }
 }

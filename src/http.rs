@@ -81,9 +81,12 @@ impl Shared {
 
 /// The client end of one HTTP connection.
 #[derive(Debug, Clone)]
-pub enum Peer {
-    Tcp(std::net::SocketAddr),
-    Unix,
+pub struct Peer {
+    /// The client's address; `None` on the Unix socket.
+    pub addr: Option<std::net::SocketAddr>,
+    /// The connection's socket, for [`crate::session`]'s hang-up check while it is not reading.
+    /// Valid while the connection lives, which the session owns.
+    pub fd: std::os::fd::RawFd,
 }
 
 type Body = Full<Bytes>;
@@ -235,9 +238,9 @@ async fn upgrade(shared: &Arc<Shared>, peer: &Peer, mut req: Request<Incoming>) 
 
     let id = shared.next_id();
     span.record("id", id.as_str());
-    let remote = match peer {
-        Peer::Tcp(addr) => remote_info(*addr, config.reverse_lookup).await,
-        Peer::Unix => Remote::unix(),
+    let remote = match peer.addr {
+        Some(addr) => remote_info(addr, config.reverse_lookup).await,
+        None => Remote::unix(),
     };
     span.record("remote", remote.host.as_str());
 
@@ -359,6 +362,7 @@ async fn upgrade(shared: &Arc<Shared>, peer: &Peer, mut req: Request<Incoming>) 
         child,
         shutdown: shared.shutdown.clone(),
         permit,
+        socket_fd: peer.fd,
     };
     session::spawn_after_upgrade(&shared.tracker, upgrade, session, ws_config, span.clone());
 

@@ -6,6 +6,7 @@
 
 use std::io;
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+use std::os::fd::AsRawFd;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -242,11 +243,13 @@ async fn accept(listener: &Listener) -> io::Result<(Stream, Peer)> {
             let (s, addr) = l.accept().await?;
             // Messages are small and latency matters more than packet count.
             let _ = s.set_nodelay(true);
-            Ok((Stream::Tcp(s), Peer::Tcp(addr)))
+            let fd = s.as_raw_fd();
+            Ok((Stream::Tcp(s), Peer { addr: Some(addr), fd }))
         }
         Listener::Unix(l, _) => {
             let (s, _) = l.accept().await?;
-            Ok((Stream::Unix(s), Peer::Unix))
+            let fd = s.as_raw_fd();
+            Ok((Stream::Unix(s), Peer { addr: None, fd }))
         }
     }
 }

@@ -47,6 +47,11 @@ const STDERR_QUEUE: usize = 16;
 /// How long the output pump keeps reading after the child exited, for output still in the pipe
 /// (a background grandchild may hold stdout open forever).
 const DRAIN_AFTER_EXIT: Duration = Duration::from_millis(250);
+/// How long the stdin writer may take to deliver what the client sent before the session
+/// ended (plus `--closems`); a child that does not read must not hold up its teardown.
+const STDIN_FLUSH: Duration = Duration::from_millis(100);
+/// While the child is not reading, how often the reader checks whether the client hung up.
+const HANGUP_CHECK: Duration = Duration::from_millis(200);
 /// How long sending a close frame, and waiting for the client's reply, may take.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 /// How long the stderr logger may take to log the last lines after the child is gone.
@@ -73,6 +78,8 @@ pub struct Session {
     pub shutdown: CancellationToken,
     /// The `--maxforks` slot, released when the session (and its child) is gone.
     pub permit: Option<OwnedSemaphorePermit>,
+    /// The connection's socket (see [`hung_up`]).
+    pub socket_fd: std::os::fd::RawFd,
 }
 
 /// How the client side ended.
@@ -112,7 +119,7 @@ impl Session {
             .take()
             .map(|stdin| tokio::spawn(write_stdin(stdin, stdin_rx).in_current_span()));
         let mut reader = tokio::spawn(
-            read_client(stream, stdin_tx, self.config.binary, stats.clone(), started)
+            read_client(stream, stdin_tx, self.config.binary, stats.clone(), started, self.socket_fd)
                 .in_current_span(),
         );
         let (stderr_tx, stderr_rx) = mpsc::channel::<String>(STDERR_QUEUE);
@@ -141,11 +148,16 @@ impl Session {
             }
         };
 
-        // Closing stdin first: the child may be waiting for EOF to finish by itself.
-        if let Some(task) = stdin_task {
-            task.abort();
-        }
         let grace = self.config.close_grace;
+        if matches!(end, End::ChildDone(_)) {
+            // The child is gone: nothing more can reach its stdin.
+            finish_stdin(stdin_task, Duration::ZERO).await;
+        } else {
+            // What the client sent before the end still goes to stdin, then stdin is closed
+            // (the child may be waiting for EOF to finish by itself).
+            reader.abort();
+            finish_stdin(stdin_task, STDIN_FLUSH + grace).await;
+        }
         let exit = match end {
             End::ChildDone(exit) => {
                 let exit = match exit {
@@ -385,6 +397,25 @@ async fn send_batch(sink: &mut Sink, batch: Vec<Message>, stats: &Stats) -> Resu
     Ok(())
 }
 
+/// Lets the stdin writer deliver what is queued for at most `within`, then closes stdin.
+async fn finish_stdin(task: Option<JoinHandle<()>>, within: Duration) {
+    if let Some(mut task) = task {
+        if tokio::time::timeout(within, &mut task).await.is_err() {
+            task.abort();
+            let _ = task.await;
+        }
+    }
+}
+
+/// Whether the peer of a socket has hung up (FIN or RST), without reading from it: the
+/// socket may hold unread data the session cannot take yet.
+fn hung_up(fd: std::os::fd::RawFd) -> bool {
+    let mut p = libc::pollfd { fd, events: libc::POLLRDHUP, revents: 0 };
+    // SAFETY: one valid pollfd, zero timeout; the fd belongs to this session's connection.
+    let n = unsafe { libc::poll(&mut p, 1, 0) };
+    n > 0 && p.revents & (libc::POLLRDHUP | libc::POLLHUP | libc::POLLERR) != 0
+}
+
 /// Client → stdin queue. Ends when the client closes, fails or drops.
 async fn read_client(
     mut stream: SplitStream<Ws>,
@@ -392,6 +423,7 @@ async fn read_client(
     binary: bool,
     stats: Arc<Stats>,
     started: Instant,
+    socket_fd: std::os::fd::RawFd,
 ) -> ClientEnd {
     let mut closing = false;
     let mut stdin_open = true;
@@ -431,8 +463,32 @@ async fn read_client(
             .bytes_in
             .fetch_add(data.len() as u64, Ordering::Relaxed);
         // After the child has gone, keep reading (to see the client's close) but drop data.
-        if stdin_open && stdin_tx.send(data).await.is_err() {
-            stdin_open = false;
+        if !stdin_open {
+            continue;
+        }
+        let data = match stdin_tx.try_send(data) {
+            Ok(()) => continue,
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                stdin_open = false;
+                continue;
+            }
+            Err(mpsc::error::TrySendError::Full(data)) => data,
+        };
+        // The child is not keeping up: stop reading the socket (so TCP stalls the client),
+        // but notice if the client hangs up meanwhile, which a read would have shown.
+        let permit = loop {
+            tokio::select! {
+                permit = stdin_tx.reserve() => break permit.ok(),
+                _ = tokio::time::sleep(HANGUP_CHECK) => {
+                    if hung_up(socket_fd) {
+                        return ClientEnd::Gone("connection dropped while the program was not reading".into());
+                    }
+                }
+            }
+        };
+        match permit {
+            Some(permit) => permit.send(data),
+            None => stdin_open = false,
         }
     }
 }

@@ -3,7 +3,7 @@
 //!
 //! Every wait has a deadline; every process a test starts is killed by PID when the test ends.
 
-#![allow(dead_code)]
+#![allow(dead_code, unused_imports)]
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -24,7 +24,11 @@ pub fn wsd_bin() -> &'static str {
 
 /// A free TCP port on 127.0.0.1 (bound and released; good enough for tests run in parallel).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// Polls `cond` every 10 ms until it holds or `within` passes.
@@ -107,12 +111,20 @@ impl Wsd {
     pub fn start_with(args: &[&str], adjust: impl FnOnce(&mut Command)) -> Wsd {
         let port = free_port();
         let mut cmd = Command::new(wsd_bin());
-        cmd.arg(format!("--port={port}")).arg("--address=127.0.0.1").args(args);
-        cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        cmd.arg(format!("--port={port}"))
+            .arg("--address=127.0.0.1")
+            .args(args);
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
         adjust(&mut cmd);
         let wsd = Self::spawn(cmd, port);
         assert!(
-            wait_until(Duration::from_secs(10), || TcpStream::connect(("127.0.0.1", port)).is_ok()),
+            wait_until(Duration::from_secs(10), || TcpStream::connect((
+                "127.0.0.1",
+                port
+            ))
+            .is_ok()),
             "wsd did not start listening on {port}; stdout: {:?} stderr: {:?}",
             wsd.stdout(),
             wsd.stderr()
@@ -127,7 +139,12 @@ impl Wsd {
         let stderr = Arc::new(Mutex::new(Vec::new()));
         collect(child.stdout.take().unwrap(), stdout.clone());
         collect(child.stderr.take().unwrap(), stderr.clone());
-        Wsd { child, port, stdout, stderr }
+        Wsd {
+            child,
+            port,
+            stdout,
+            stderr,
+        }
     }
 
     pub fn pid(&self) -> u32 {
@@ -211,8 +228,18 @@ pub fn run_wsd(args: &[&str]) -> (i32, String, String) {
         if let Some(status) = child.try_wait().unwrap() {
             let mut out = String::new();
             let mut err = String::new();
-            child.stdout.take().unwrap().read_to_string(&mut out).unwrap();
-            child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+            child
+                .stdout
+                .take()
+                .unwrap()
+                .read_to_string(&mut out)
+                .unwrap();
+            child
+                .stderr
+                .take()
+                .unwrap()
+                .read_to_string(&mut err)
+                .unwrap();
             return (status.code().unwrap_or(-1), out, err);
         }
         if Instant::now() >= deadline {
@@ -224,7 +251,8 @@ pub fn run_wsd(args: &[&str]) -> (i32, String, String) {
     }
 }
 
-type WsStream = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+type WsStream =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 /// What the client saw next.
 #[derive(Debug, PartialEq)]
@@ -246,19 +274,28 @@ pub struct Client {
 
 impl Client {
     pub async fn connect(url: &str) -> Client {
-        let (ws, _) = tokio::time::timeout(Duration::from_secs(5), tokio_tungstenite::connect_async(url))
-            .await
-            .expect("handshake in time")
-            .expect("handshake succeeds");
+        let (ws, _) = tokio::time::timeout(
+            Duration::from_secs(5),
+            tokio_tungstenite::connect_async(url),
+        )
+        .await
+        .expect("handshake in time")
+        .expect("handshake succeeds");
         Client { ws }
     }
 
     pub async fn send_text(&mut self, text: &str) {
-        self.ws.send(Message::Text(text.into())).await.expect("send");
+        self.ws
+            .send(Message::Text(text.into()))
+            .await
+            .expect("send");
     }
 
     pub async fn send_binary(&mut self, data: &[u8]) {
-        self.ws.send(Message::Binary(data.to_vec().into())).await.expect("send");
+        self.ws
+            .send(Message::Binary(data.to_vec().into()))
+            .await
+            .expect("send");
     }
 
     /// The next data message or close, skipping pings and pongs.
@@ -273,7 +310,9 @@ impl Client {
                     Message::Text(t) => return Event::Text(t.to_string()),
                     Message::Binary(b) => return Event::Binary(b.to_vec()),
                     Message::Close(frame) => {
-                        return Event::Close(frame.map(|f| (u16::from(f.code), f.reason.to_string())))
+                        return Event::Close(
+                            frame.map(|f| (u16::from(f.code), f.reason.to_string())),
+                        )
                     }
                     _ => continue,
                 },
@@ -290,7 +329,10 @@ impl Client {
     }
 
     /// Reads until a close frame arrives; returns the messages before it and the close code.
-    pub async fn read_to_close(&mut self, within: Duration) -> (Vec<String>, Option<(u16, String)>) {
+    pub async fn read_to_close(
+        &mut self,
+        within: Duration,
+    ) -> (Vec<String>, Option<(u16, String)>) {
         let deadline = tokio::time::Instant::now() + within;
         let mut texts = Vec::new();
         loop {
@@ -307,7 +349,10 @@ impl Client {
     /// Sends a close frame and waits for the server's answer.
     pub async fn close(mut self) {
         let _ = self.ws.close(None).await;
-        let _ = tokio::time::timeout(Duration::from_secs(2), async { while let Some(Ok(_)) = self.ws.next().await {} }).await;
+        let _ = tokio::time::timeout(Duration::from_secs(2), async {
+            while let Some(Ok(_)) = self.ws.next().await {}
+        })
+        .await;
     }
 }
 
@@ -330,9 +375,11 @@ pub fn raw_http(port: u16, request: &[u8]) -> String {
                     if head.starts_with("HTTP/1.1 101") {
                         break;
                     }
-                    let len = head
-                        .lines()
-                        .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse::<usize>().unwrap_or(0)));
+                    let len = head.lines().find_map(|l| {
+                        l.to_ascii_lowercase()
+                            .strip_prefix("content-length:")
+                            .map(|v| v.trim().parse::<usize>().unwrap_or(0))
+                    });
                     if let Some(len) = len {
                         if out.len() >= head_end + 4 + len {
                             break;
@@ -347,7 +394,11 @@ pub fn raw_http(port: u16, request: &[u8]) -> String {
 
 /// The status code of a raw HTTP response.
 pub fn status_of(response: &str) -> u16 {
-    response.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0)
+    response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
 }
 
 /// A GET with WebSocket upgrade headers, for handshake tests; `extra` lines end in \r\n.
@@ -363,12 +414,20 @@ pub fn upgrade_request(path: &str, extra: &str) -> Vec<u8> {
 /// (pid, ppid, pgrp, state) of every process.
 pub fn processes() -> Vec<(u32, u32, u32, char)> {
     let mut out = Vec::new();
-    let Ok(dir) = std::fs::read_dir("/proc") else { return out };
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return out;
+    };
     for entry in dir.flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { continue };
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
         // The command name is in parentheses and may contain spaces.
-        let Some(rest) = stat.rfind(')').map(|i| &stat[i + 2..]) else { continue };
+        let Some(rest) = stat.rfind(')').map(|i| &stat[i + 2..]) else {
+            continue;
+        };
         let fields: Vec<&str> = rest.split_whitespace().collect();
         if fields.len() < 3 {
             continue;
@@ -383,17 +442,29 @@ pub fn processes() -> Vec<(u32, u32, u32, char)> {
 
 /// Direct children of `pid` (zombies included).
 pub fn children_of(pid: u32) -> Vec<u32> {
-    processes().into_iter().filter(|p| p.1 == pid).map(|p| p.0).collect()
+    processes()
+        .into_iter()
+        .filter(|p| p.1 == pid)
+        .map(|p| p.0)
+        .collect()
 }
 
 /// Zombie children of `pid`.
 pub fn zombies_of(pid: u32) -> Vec<u32> {
-    processes().into_iter().filter(|p| p.1 == pid && p.3 == 'Z').map(|p| p.0).collect()
+    processes()
+        .into_iter()
+        .filter(|p| p.1 == pid && p.3 == 'Z')
+        .map(|p| p.0)
+        .collect()
 }
 
 /// Live (non-zombie) members of process group `pgid`.
 pub fn group_members(pgid: u32) -> Vec<u32> {
-    processes().into_iter().filter(|p| p.2 == pgid && p.3 != 'Z').map(|p| p.0).collect()
+    processes()
+        .into_iter()
+        .filter(|p| p.2 == pgid && p.3 != 'Z')
+        .map(|p| p.0)
+        .collect()
 }
 
 /// Whether a process exists and is not a zombie.
@@ -403,18 +474,112 @@ pub fn alive(pid: u32) -> bool {
 
 /// Open file descriptors of `pid`.
 pub fn fd_count(pid: u32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/fd")).map(|d| d.count()).unwrap_or(0)
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| d.count())
+        .unwrap_or(0)
 }
 
 /// Threads of `pid`.
 pub fn thread_count(pid: u32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/task")).map(|d| d.count()).unwrap_or(0)
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .map(|d| d.count())
+        .unwrap_or(0)
 }
 
 /// Resident memory of `pid` in KiB.
 pub fn rss_kib(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok()))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
         .unwrap_or(0)
+}
+
+// ---- helpers of tests/data.rs and tests/lifecycle.rs ---------------------------------------
+
+/// A WebSocket handshake on a plain `std` TCP stream, for tests that must control the socket
+/// themselves (never read, drop with FIN or RST, write raw frames). Returns the stream,
+/// positioned right after the `101` response head.
+pub fn raw_ws_upgrade(port: u16, path: &str) -> TcpStream {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(&upgrade_request(path, "")).unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        match s.read(&mut byte) {
+            Ok(1) => head.push(byte[0]),
+            other => panic!(
+                "the handshake response ended early ({other:?}): {:?}",
+                String::from_utf8_lossy(&head)
+            ),
+        }
+    }
+    let head = String::from_utf8_lossy(&head).into_owned();
+    assert!(head.starts_with("HTTP/1.1 101"), "not upgraded: {head}");
+    s.set_read_timeout(None).unwrap();
+    s
+}
+
+/// Makes closing the socket `fd` reset the connection (RST) instead of ending it with FIN:
+/// SO_LINGER on with a zero timeout.
+pub fn set_linger_zero(fd: std::os::fd::RawFd) {
+    let linger = libc::linger { l_onoff: 1, l_linger: 0 };
+    // SAFETY: `linger` is a valid, live `struct linger` of the size passed.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            &linger as *const libc::linger as *const libc::c_void,
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(rc, 0, "setsockopt(SO_LINGER): {}", std::io::Error::last_os_error());
+}
+
+/// The process group of `pid`, if it exists.
+pub fn pgrp_of(pid: u32) -> Option<u32> {
+    processes().into_iter().find(|p| p.0 == pid).map(|p| p.2)
+}
+
+/// Waits until `pid` is gone (exited and reaped, or a zombie of someone else); true if it went.
+pub fn wait_gone(pid: u32, within: Duration) -> bool {
+    wait_until(within, || !alive(pid))
+}
+
+/// A wsd that is stopped with SIGTERM when dropped, so that it tears down its children (which
+/// live in their own process groups and would outlive a SIGKILLed wsd) even when a test fails
+/// half-way; [`Wsd`]'s own drop then kills it if it is still running.
+pub struct GracefulWsd(pub Wsd);
+
+impl GracefulWsd {
+    pub fn start(args: &[&str]) -> GracefulWsd {
+        GracefulWsd(Wsd::start(args))
+    }
+}
+
+impl std::ops::Deref for GracefulWsd {
+    type Target = Wsd;
+    fn deref(&self) -> &Wsd {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for GracefulWsd {
+    fn deref_mut(&mut self) -> &mut Wsd {
+        &mut self.0
+    }
+}
+
+impl Drop for GracefulWsd {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.child.try_wait() {
+            self.0.signal(libc::SIGTERM);
+            let _ = self.0.wait_exit(Duration::from_secs(5));
+        }
+    }
 }
