@@ -104,6 +104,14 @@ pub fn build(
         );
         env.push((key.into(), joined.into()));
     }
+    for (k, v) in &env {
+        crate::debug!(
+            "env",
+            "Std. variable: {}={}",
+            k.to_string_lossy(),
+            v.to_string_lossy()
+        );
+    }
     env
 }
 

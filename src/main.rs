@@ -60,7 +60,10 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    match runtime.block_on(wsd::server::run(config)) {
+    let result = runtime.block_on(wsd::server::run(config));
+    // Sessions were already given their bounded teardown; nothing may hold up the exit.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             wsd::fatal!("server", "{e}");

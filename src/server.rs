@@ -40,6 +40,8 @@ enum Listener {
 
 /// Binds every listener, serves until SIGINT/SIGTERM, then shuts down gracefully.
 pub async fn run(config: Config) -> Result<(), StartError> {
+    // Installed first, so that a signal during start-up is a graceful shutdown too.
+    let signals = Signals::install();
     let config = Arc::new(config);
     let mut listeners = Vec::new();
     for addr in &config.tcp {
@@ -93,7 +95,7 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         accept_loops.push(tokio::spawn(accept_loop(listener, shared.clone())));
     }
 
-    wait_for_signal().await;
+    signals.wait().await;
     crate::info!("server", "shutting down");
     shutdown.cancel();
     for l in accept_loops {
@@ -114,20 +116,34 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     Ok(())
 }
 
-async fn wait_for_signal() {
-    let (Ok(mut int), Ok(mut term)) = (
-        signal(SignalKind::interrupt()),
-        signal(SignalKind::terminate()),
-    ) else {
-        crate::error!(
-            "server",
-            "cannot install signal handlers; stop with SIGKILL"
-        );
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = int.recv() => {}
-        _ = term.recv() => {}
+/// SIGINT and SIGTERM, the two signals that shut wsd down.
+struct Signals(Option<(tokio::signal::unix::Signal, tokio::signal::unix::Signal)>);
+
+impl Signals {
+    fn install() -> Signals {
+        match (
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::terminate()),
+        ) {
+            (Ok(int), Ok(term)) => Signals(Some((int, term))),
+            _ => {
+                crate::error!(
+                    "server",
+                    "cannot install signal handlers; stop with SIGKILL"
+                );
+                Signals(None)
+            }
+        }
+    }
+
+    async fn wait(self) {
+        let Some((mut int, mut term)) = self.0 else {
+            return std::future::pending().await;
+        };
+        tokio::select! {
+            _ = int.recv() => {}
+            _ = term.recv() => {}
+        }
     }
 }
 
@@ -244,7 +260,13 @@ async fn accept(listener: &Listener) -> io::Result<(Stream, Peer)> {
             // Messages are small and latency matters more than packet count.
             let _ = s.set_nodelay(true);
             let fd = s.as_raw_fd();
-            Ok((Stream::Tcp(s), Peer { addr: Some(addr), fd }))
+            Ok((
+                Stream::Tcp(s),
+                Peer {
+                    addr: Some(addr),
+                    fd,
+                },
+            ))
         }
         Listener::Unix(l, _) => {
             let (s, _) = l.accept().await?;

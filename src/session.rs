@@ -119,8 +119,15 @@ impl Session {
             .take()
             .map(|stdin| tokio::spawn(write_stdin(stdin, stdin_rx).in_current_span()));
         let mut reader = tokio::spawn(
-            read_client(stream, stdin_tx, self.config.binary, stats.clone(), started, self.socket_fd)
-                .in_current_span(),
+            read_client(
+                stream,
+                stdin_tx,
+                self.config.binary,
+                stats.clone(),
+                started,
+                self.socket_fd,
+            )
+            .in_current_span(),
         );
         let (stderr_tx, stderr_rx) = mpsc::channel::<String>(STDERR_QUEUE);
         let stderr_task = self.child.stderr.take().map(|stderr| {
@@ -410,7 +417,11 @@ async fn finish_stdin(task: Option<JoinHandle<()>>, within: Duration) {
 /// Whether the peer of a socket has hung up (FIN or RST), without reading from it: the
 /// socket may hold unread data the session cannot take yet.
 fn hung_up(fd: std::os::fd::RawFd) -> bool {
-    let mut p = libc::pollfd { fd, events: libc::POLLRDHUP, revents: 0 };
+    let mut p = libc::pollfd {
+        fd,
+        events: libc::POLLRDHUP,
+        revents: 0,
+    };
     // SAFETY: one valid pollfd, zero timeout; the fd belongs to this session's connection.
     let n = unsafe { libc::poll(&mut p, 1, 0) };
     n > 0 && p.revents & (libc::POLLRDHUP | libc::POLLHUP | libc::POLLERR) != 0

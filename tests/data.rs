@@ -25,7 +25,9 @@ async fn read_binary_to_close(c: &mut Client) -> (Vec<Vec<u8>>, Option<(u16, Str
         match c.next_event(SECS5).await {
             Event::Binary(b) => msgs.push(b),
             Event::Close(close) => return (msgs, close),
-            other => panic!("expected a binary message or a close frame, got {other:?} after {msgs:?}"),
+            other => {
+                panic!("expected a binary message or a close frame, got {other:?} after {msgs:?}")
+            }
         }
     }
 }
@@ -68,7 +70,10 @@ async fn a_line_is_sent_as_soon_as_the_program_writes_it() {
     let wsd = GracefulWsd::start(&[s(&script)]);
     let mut c = wsd.connect("/").await;
     let t0 = Instant::now();
-    assert_eq!(c.next_event(Duration::from_secs(1)).await, Event::Text("first".into()));
+    assert_eq!(
+        c.next_event(Duration::from_secs(1)).await,
+        Event::Text("first".into())
+    );
     assert!(t0.elapsed() < Duration::from_secs(1));
     c.close().await;
 }
@@ -114,7 +119,9 @@ while IFS= read -r l; do printf '%s\n' "$l"; sleep 0.002; done > "$1""#,
     let wsd = GracefulWsd::start(&[s(&script), s(&file)]);
     let mut c = wsd.connect("/").await;
     // 100 KB: more than the pipe holds.
-    let msgs: Vec<String> = (0..100).map(|i| format!("message {i:03} {}", "x".repeat(1000))).collect();
+    let msgs: Vec<String> = (0..100)
+        .map(|i| format!("message {i:03} {}", "x".repeat(1000)))
+        .collect();
     for msg in &msgs {
         c.ws.feed(Message::Text(msg.as_str().into())).await.unwrap();
     }
@@ -123,7 +130,11 @@ while IFS= read -r l; do printf '%s\n' "$l"; sleep 0.002; done > "$1""#,
     let got = file_content_becomes(&file, want.as_bytes(), SECS5);
     let got = String::from_utf8_lossy(&got);
     let last = got.lines().last().map(|l| l[..11.min(l.len())].to_string());
-    assert_eq!(got.lines().count(), msgs.len(), "the last line written: {last:?}");
+    assert_eq!(
+        got.lines().count(),
+        msgs.len(),
+        "the last line written: {last:?}"
+    );
     assert_eq!(got, want);
 }
 
@@ -146,11 +157,25 @@ async fn a_client_message_with_embedded_newlines_becomes_several_lines() {
 async fn a_line_longer_than_max_line_bytes_arrives_in_pieces_of_that_size() {
     let dir = TempDir::new("longline");
     // 25 and 23 bytes, written in one go (so the whole line with its newline is in the pipe).
-    let script = dir.script("long.sh", "printf '%s\\n' abcdefghijklmnopqrstuvwxy short 0123456789ABCDEFGHIJKLM");
+    let script = dir.script(
+        "long.sh",
+        "printf '%s\\n' abcdefghijklmnopqrstuvwxy short 0123456789ABCDEFGHIJKLM",
+    );
     let wsd = GracefulWsd::start(&["--max-line-bytes=10", s(&script)]);
     let mut c = wsd.connect("/").await;
     let (texts, close) = c.read_to_close(SECS5).await;
-    assert_eq!(texts, ["abcdefghij", "klmnopqrst", "uvwxy", "short", "0123456789", "ABCDEFGHIJ", "KLM"]);
+    assert_eq!(
+        texts,
+        [
+            "abcdefghij",
+            "klmnopqrst",
+            "uvwxy",
+            "short",
+            "0123456789",
+            "ABCDEFGHIJ",
+            "KLM"
+        ]
+    );
     assert_eq!(close, Some((1000, String::new())));
 }
 
@@ -158,7 +183,10 @@ async fn a_line_longer_than_max_line_bytes_arrives_in_pieces_of_that_size() {
 async fn a_long_line_written_slowly_arrives_in_pieces_of_max_line_bytes() {
     let dir = TempDir::new("slowline");
     // The line trickles in, so the limit is reached before its newline is in the buffer.
-    let script = dir.script("slow.sh", "for p in abcdefg hijklmn opqrstu vwxy; do printf %s $p; sleep 0.05; done; echo");
+    let script = dir.script(
+        "slow.sh",
+        "for p in abcdefg hijklmn opqrstu vwxy; do printf %s $p; sleep 0.05; done; echo",
+    );
     let wsd = GracefulWsd::start(&["--max-line-bytes=10", s(&script)]);
     let mut c = wsd.connect("/").await;
     let (texts, close) = c.read_to_close(SECS5).await;
@@ -176,13 +204,21 @@ async fn a_line_of_exactly_max_line_bytes_is_one_message_even_when_its_newline_c
     assert_eq!(texts, ["0123456789", "next"]);
     assert_eq!(close, Some((1000, String::new())));
     assert!(wsd.wait_log("DISCONNECT", SECS5).is_some());
-    assert_eq!(wsd.count_log("--max-line-bytes"), 0, "log: {:?}", wsd.stdout());
+    assert_eq!(
+        wsd.count_log("--max-line-bytes"),
+        0,
+        "log: {:?}",
+        wsd.stdout()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_line_of_twice_max_line_bytes_is_exactly_two_pieces_even_when_its_newline_comes_later() {
     let dir = TempDir::new("doubleline");
-    let script = dir.script("double.sh", "printf 0123456789ABCDEFGHIJ; sleep 0.2; echo; echo next");
+    let script = dir.script(
+        "double.sh",
+        "printf 0123456789ABCDEFGHIJ; sleep 0.2; echo; echo next",
+    );
     let wsd = GracefulWsd::start(&["--max-line-bytes=10", s(&script)]);
     let mut c = wsd.connect("/").await;
     let (texts, close) = c.read_to_close(SECS5).await;
@@ -193,13 +229,24 @@ async fn a_line_of_twice_max_line_bytes_is_exactly_two_pieces_even_when_its_newl
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn splitting_long_lines_is_warned_about_once_in_the_log() {
     let dir = TempDir::new("longwarn");
-    let script = dir.script("long.sh", "printf '%s\\n' abcdefghijklmnopqrstuvwxy ok 0123456789ABCDEFGHIJKLM");
+    let script = dir.script(
+        "long.sh",
+        "printf '%s\\n' abcdefghijklmnopqrstuvwxy ok 0123456789ABCDEFGHIJKLM",
+    );
     let wsd = GracefulWsd::start(&["--max-line-bytes=10", s(&script)]);
     let mut c = wsd.connect("/").await;
     let (_, close) = c.read_to_close(SECS5).await;
     assert_eq!(close.map(|c| c.0), Some(1000));
-    assert!(wsd.wait_log("DISCONNECT", SECS5).is_some(), "log: {:?}", wsd.stdout());
-    let warnings: Vec<String> = wsd.stdout().into_iter().filter(|l| l.contains("--max-line-bytes")).collect();
+    assert!(
+        wsd.wait_log("DISCONNECT", SECS5).is_some(),
+        "log: {:?}",
+        wsd.stdout()
+    );
+    let warnings: Vec<String> = wsd
+        .stdout()
+        .into_iter()
+        .filter(|l| l.contains("--max-line-bytes"))
+        .collect();
     assert_eq!(warnings.len(), 1, "warnings: {warnings:?}");
 }
 
@@ -208,7 +255,10 @@ async fn splitting_long_lines_is_warned_about_once_in_the_log() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invalid_utf8_output_arrives_as_text_with_replacement_characters() {
     let dir = TempDir::new("badutf8");
-    let script = dir.script("bad.sh", r"printf 'a\377b\n'; printf 'c\376\375d\n'; printf 'ok \303\251\n'");
+    let script = dir.script(
+        "bad.sh",
+        r"printf 'a\377b\n'; printf 'c\376\375d\n'; printf 'ok \303\251\n'",
+    );
     let wsd = GracefulWsd::start(&[s(&script)]);
     let mut c = wsd.connect("/").await;
     let (texts, close) = c.read_to_close(SECS5).await;
@@ -221,17 +271,32 @@ async fn invalid_utf8_output_is_warned_about_once_per_connection() {
     let dir = TempDir::new("badwarn");
     let script = dir.script("bad.sh", r"printf 'a\377b\n'; printf 'c\376d\n'");
     let wsd = GracefulWsd::start(&[s(&script)]);
-    let warnings = || wsd.stdout().into_iter().filter(|l| l.contains("invalid UTF-8")).collect::<Vec<_>>();
+    let warnings = || {
+        wsd.stdout()
+            .into_iter()
+            .filter(|l| l.contains("invalid UTF-8"))
+            .collect::<Vec<_>>()
+    };
 
     let mut c = wsd.connect("/").await;
     assert_eq!(c.read_to_close(SECS5).await.0.len(), 2);
     assert!(wait_until(SECS5, || wsd.count_log("DISCONNECT") == 1));
-    assert_eq!(warnings().len(), 1, "after one connection: {:?}", warnings());
+    assert_eq!(
+        warnings().len(),
+        1,
+        "after one connection: {:?}",
+        warnings()
+    );
 
     let mut c = wsd.connect("/").await;
     assert_eq!(c.read_to_close(SECS5).await.0.len(), 2);
     assert!(wait_until(SECS5, || wsd.count_log("DISCONNECT") == 2));
-    assert_eq!(warnings().len(), 2, "after two connections: {:?}", warnings());
+    assert_eq!(
+        warnings().len(),
+        2,
+        "after two connections: {:?}",
+        warnings()
+    );
 }
 
 // ---- binary mode ---------------------------------------------------------------------------
@@ -283,11 +348,16 @@ async fn a_text_message_with_invalid_utf8_fails_the_connection_with_1007() {
     let wsd = GracefulWsd::start(&["cat"]);
     let mut c = wsd.connect("/").await;
     let frame = Frame::message(b"a\xffb".to_vec(), OpCode::Data(OpData::Text), true);
-    c.ws.send(Message::Frame(frame)).await.expect("send the raw frame");
+    c.ws.send(Message::Frame(frame))
+        .await
+        .expect("send the raw frame");
     match c.next_event(SECS5).await {
         Event::Close(Some((code, reason))) => {
             assert_eq!(code, 1007, "reason: {reason}");
-            assert!(reason.starts_with("invalid UTF-8 in a text message"), "reason: {reason}");
+            assert!(
+                reason.starts_with("invalid UTF-8 in a text message"),
+                "reason: {reason}"
+            );
         }
         other => panic!("expected a close frame, got {other:?}"),
     }
@@ -303,7 +373,10 @@ async fn a_message_over_maxframesize_fails_the_connection_with_1009() {
     c.send_text(&"b".repeat(1001)).await;
     assert_eq!(
         c.next_event(SECS5).await,
-        Event::Close(Some((1009, "message of 1001 bytes is over the limit of 1000".into())))
+        Event::Close(Some((
+            1009,
+            "message of 1001 bytes is over the limit of 1000".into()
+        )))
     );
 }
 
@@ -312,8 +385,12 @@ async fn a_ping_is_answered_with_a_pong_carrying_the_same_payload() {
     let wsd = GracefulWsd::start(&["cat"]);
     let mut c = wsd.connect("/").await;
     let payload: &[u8] = b"are you there? \x00\xff";
-    c.ws.send(Message::Ping(payload.to_vec().into())).await.unwrap();
-    let got = tokio::time::timeout(SECS5, c.ws.next()).await.expect("an answer in time");
+    c.ws.send(Message::Ping(payload.to_vec().into()))
+        .await
+        .unwrap();
+    let got = tokio::time::timeout(SECS5, c.ws.next())
+        .await
+        .expect("an answer in time");
     match got {
         Some(Ok(Message::Pong(p))) => assert_eq!(&p[..], payload),
         other => panic!("expected a pong, got {other:?}"),
@@ -325,9 +402,15 @@ async fn a_ping_is_answered_with_a_pong_carrying_the_same_payload() {
 async fn a_close_frame_from_the_client_is_answered_with_a_close_frame() {
     let wsd = GracefulWsd::start(&["cat"]);
     let mut c = wsd.connect("/").await;
-    let bye = CloseFrame { code: CloseCode::Normal, reason: "bye".into() };
+    let bye = CloseFrame {
+        code: CloseCode::Normal,
+        reason: "bye".into(),
+    };
     c.ws.send(Message::Close(Some(bye))).await.unwrap();
-    assert_eq!(c.next_event(SECS5).await, Event::Close(Some((1000, "bye".into()))));
+    assert_eq!(
+        c.next_event(SECS5).await,
+        Event::Close(Some((1000, "bye".into())))
+    );
     assert_eq!(c.next_event(SECS5).await, Event::Eof);
 }
 
@@ -336,7 +419,10 @@ async fn a_close_frame_from_the_client_is_answered_with_a_close_frame() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn when_the_program_exits_0_every_line_arrives_then_close_1000() {
     let dir = TempDir::new("exit0");
-    let script = dir.script("many.sh", r#"i=0; while [ $i -lt 3000 ]; do echo "line $i"; i=$((i+1)); done; exit 0"#);
+    let script = dir.script(
+        "many.sh",
+        r#"i=0; while [ $i -lt 3000 ]; do echo "line $i"; i=$((i+1)); done; exit 0"#,
+    );
     let wsd = GracefulWsd::start(&[s(&script)]);
     let mut c = wsd.connect("/").await;
     let (texts, close) = c.read_to_close(SECS5).await;
@@ -396,9 +482,18 @@ printf 'e<rr\n' >&2"#,
 #[test]
 fn passstderr_with_binary_is_rejected_naming_both_flags() {
     let port = free_port().to_string();
-    let (code, _out, err) = run_wsd(&["--address=127.0.0.1", &format!("--port={port}"), "--passstderr", "--binary", "cat"]);
+    let (code, _out, err) = run_wsd(&[
+        "--address=127.0.0.1",
+        &format!("--port={port}"),
+        "--passstderr",
+        "--binary",
+        "cat",
+    ]);
     assert_eq!(code, 2, "stderr: {err}");
-    assert!(err.contains("--passstderr") && err.contains("--binary"), "stderr: {err}");
+    assert!(
+        err.contains("--passstderr") && err.contains("--binary"),
+        "stderr: {err}"
+    );
 }
 
 // ---- --pingms --------------------------------------------------------------------------------
@@ -407,10 +502,17 @@ fn passstderr_with_binary_is_rejected_naming_both_flags() {
 async fn with_pingms_the_client_receives_pings() {
     let wsd = GracefulWsd::start(&["--pingms=200", "cat"]);
     let mut c = wsd.connect("/").await;
-    let first = tokio::time::timeout(Duration::from_secs(1), c.ws.next()).await.expect("a ping within 1 s");
+    let first = tokio::time::timeout(Duration::from_secs(1), c.ws.next())
+        .await
+        .expect("a ping within 1 s");
     assert!(matches!(first, Some(Ok(Message::Ping(_)))), "got {first:?}");
-    let second = tokio::time::timeout(Duration::from_secs(1), c.ws.next()).await.expect("another ping within 1 s");
-    assert!(matches!(second, Some(Ok(Message::Ping(_)))), "got {second:?}");
+    let second = tokio::time::timeout(Duration::from_secs(1), c.ws.next())
+        .await
+        .expect("another ping within 1 s");
+    assert!(
+        matches!(second, Some(Ok(Message::Ping(_)))),
+        "got {second:?}"
+    );
     c.close().await;
 }
 
@@ -419,7 +521,10 @@ async fn a_client_that_stays_silent_while_answering_pings_is_kept() {
     let wsd = GracefulWsd::start(&["--pingms=200", "cat"]);
     let mut c = wsd.connect("/").await;
     // tungstenite answers the pings while we wait for data that never comes.
-    assert_eq!(c.next_event(Duration::from_millis(1500)).await, Event::Timeout);
+    assert_eq!(
+        c.next_event(Duration::from_millis(1500)).await,
+        Event::Timeout
+    );
     assert_eq!(wsd.count_log("DISCONNECT"), 0, "log: {:?}", wsd.stdout());
     c.send_text("still here").await;
     assert_eq!(c.recv_text().await, "still here");
@@ -438,6 +543,14 @@ fn a_client_that_never_answers_pings_is_disconnected_and_its_program_ended() {
     }));
     let child = kids[0];
     let line = wsd.wait_log("DISCONNECT", Duration::from_millis(2500));
-    assert!(line.is_some(), "no DISCONNECT after {:?}; log: {:?}", t0.elapsed(), wsd.stdout());
-    assert!(wait_gone(child, Duration::from_secs(1)), "the program {child} is still running");
+    assert!(
+        line.is_some(),
+        "no DISCONNECT after {:?}; log: {:?}",
+        t0.elapsed(),
+        wsd.stdout()
+    );
+    assert!(
+        wait_gone(child, Duration::from_secs(1)),
+        "the program {child} is still running"
+    );
 }

@@ -21,7 +21,8 @@ fn s(p: &Path) -> &str {
 /// The first message, a pid the script printed with `echo $$` or `echo $!`.
 async fn recv_pid(c: &mut Client) -> u32 {
     let text = c.recv_text().await;
-    text.parse().unwrap_or_else(|_| panic!("expected a pid, got {text:?}"))
+    text.parse()
+        .unwrap_or_else(|_| panic!("expected a pid, got {text:?}"))
 }
 
 /// The raw file descriptor of a client's TCP socket.
@@ -42,8 +43,15 @@ fn eof_recorder(dir: &TempDir) -> (std::path::PathBuf, std::path::PathBuf) {
 
 /// Asserts that the program saw the end of its stdin and is gone within 2 s.
 fn assert_stdin_closed_and_gone(pid: u32, marker: &Path) {
-    assert!(wait_gone(pid, Duration::from_secs(2)), "the program {pid} is still running");
-    assert_eq!(std::fs::read_to_string(marker).ok().as_deref(), Some("eof\n"), "the program did not see EOF on stdin");
+    assert!(
+        wait_gone(pid, Duration::from_secs(2)),
+        "the program {pid} is still running"
+    );
+    assert_eq!(
+        std::fs::read_to_string(marker).ok().as_deref(),
+        Some("eof\n"),
+        "the program did not see EOF on stdin"
+    );
 }
 
 // ---- the process group -------------------------------------------------------------------
@@ -76,7 +84,8 @@ async fn when_the_client_sends_a_close_frame_stdin_is_closed_and_the_program_end
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn when_the_client_drops_the_connection_without_a_close_frame_stdin_is_closed_and_the_program_ends() {
+async fn when_the_client_drops_the_connection_without_a_close_frame_stdin_is_closed_and_the_program_ends(
+) {
     let dir = TempDir::new("leave-fin");
     let (script, marker) = eof_recorder(&dir);
     let wsd = GracefulWsd::start(&[s(&script), s(&marker)]);
@@ -110,10 +119,20 @@ async fn a_program_that_ignores_sigint_and_sigterm_is_sigkilled_after_850_ms() {
     let pid = recv_pid(&mut c).await;
     let t0 = Instant::now();
     c.ws.close(None).await.unwrap();
-    assert!(wait_gone(pid, Duration::from_secs(3)), "the program {pid} outlived 3 s");
+    assert!(
+        wait_gone(pid, Duration::from_secs(3)),
+        "the program {pid} outlived 3 s"
+    );
     let took = t0.elapsed();
-    assert!(took >= Duration::from_millis(800), "gone after {took:?}: SIGINT or SIGTERM was not ignored?");
-    assert!(wait_until(Duration::from_secs(1), || group_members(pid).is_empty()), "left in the group: {:?}", group_members(pid));
+    assert!(
+        took >= Duration::from_millis(800),
+        "gone after {took:?}: SIGINT or SIGTERM was not ignored?"
+    );
+    assert!(
+        wait_until(Duration::from_secs(1), || group_members(pid).is_empty()),
+        "left in the group: {:?}",
+        group_members(pid)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -126,7 +145,10 @@ async fn closems_delays_each_step_of_the_teardown() {
     let t0 = Instant::now();
     c.ws.close(None).await.unwrap();
     // 100 + 250 + 500 ms, each plus 500: SIGKILL at 2350 ms.
-    assert!(wait_gone(pid, Duration::from_secs(5)), "the program {pid} outlived 5 s");
+    assert!(
+        wait_gone(pid, Duration::from_secs(5)),
+        "the program {pid} outlived 5 s"
+    );
     let took = t0.elapsed();
     assert!(took >= Duration::from_millis(2200), "gone after {took:?}");
 }
@@ -140,12 +162,17 @@ async fn flood(c: &mut Client, within: Duration) {
     let mut sent = 0;
     let finished = tokio::time::timeout(within, async {
         for _ in 0..320 {
-            c.ws.send(Message::Binary(chunk.clone().into())).await.expect("send");
+            c.ws.send(Message::Binary(chunk.clone().into()))
+                .await
+                .expect("send");
             sent += 1;
         }
     })
     .await;
-    assert!(finished.is_err(), "all {sent} messages were sent: nothing stalled");
+    assert!(
+        finished.is_err(),
+        "all {sent} messages were sent: nothing stalled"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -174,7 +201,10 @@ async fn flooding_a_program_that_never_reads_keeps_wsd_memory_bounded() {
     let peak = sampler.join().unwrap();
     assert!(peak > 0, "no RSS samples");
     let growth_kib = peak.saturating_sub(before);
-    assert!(growth_kib < 30 * 1024, "wsd grew by {growth_kib} KiB ({before} -> {peak})");
+    assert!(
+        growth_kib < 30 * 1024,
+        "wsd grew by {growth_kib} KiB ({before} -> {peak})"
+    );
     set_linger_zero(client_fd(&c));
 }
 
@@ -189,7 +219,10 @@ async fn a_program_that_never_reads_is_still_ended_when_its_flooding_client_leav
     // A reset: a FIN (or a close frame) would wait behind the unread data in the socket.
     set_linger_zero(client_fd(&c));
     drop(c);
-    assert!(wait_gone(pid, Duration::from_secs(3)), "the program {pid} still runs 3 s after its client left");
+    assert!(
+        wait_gone(pid, Duration::from_secs(3)),
+        "the program {pid} still runs 3 s after its client left"
+    );
 }
 
 // ---- background grandchildren ----------------------------------------------------------------
@@ -203,13 +236,19 @@ async fn a_background_grandchild_dies_with_the_program_when_the_client_leaves() 
     let grandchild = recv_pid(&mut c).await;
     assert!(alive(grandchild));
     c.close().await;
-    assert!(wait_gone(grandchild, Duration::from_secs(2)), "the grandchild {grandchild} is still running");
+    assert!(
+        wait_gone(grandchild, Duration::from_secs(2)),
+        "the grandchild {grandchild} is still running"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_background_grandchild_dies_when_the_program_exits_by_itself() {
     let dir = TempDir::new("grandchild-exit");
-    let script = dir.script("bg.sh", "sleep 1000 &\necho $!\nsleep 0.3\necho done\nexit 0");
+    let script = dir.script(
+        "bg.sh",
+        "sleep 1000 &\necho $!\nsleep 0.3\necho done\nexit 0",
+    );
     let wsd = GracefulWsd::start(&[s(&script)]);
     let mut c = wsd.connect("/").await;
     let grandchild = recv_pid(&mut c).await;
@@ -217,7 +256,10 @@ async fn a_background_grandchild_dies_when_the_program_exits_by_itself() {
     let (texts, close) = c.read_to_close(SECS5).await;
     assert_eq!(texts, ["done"]);
     assert_eq!(close, Some((1000, String::new())));
-    assert!(wait_gone(grandchild, Duration::from_secs(2)), "the grandchild {grandchild} is still running");
+    assert!(
+        wait_gone(grandchild, Duration::from_secs(2)),
+        "the grandchild {grandchild} is still running"
+    );
 }
 
 // ---- many connections --------------------------------------------------------------------------
@@ -241,29 +283,52 @@ async fn three_hundred_connections_leave_no_zombies_orphans_fds_or_threads() {
         }
     };
     let settled = |n: usize| {
-        wait_until(SECS5, || wsd.count_log("| DISCONNECT") == n && children_of(wsd_pid).is_empty())
+        wait_until(SECS5, || {
+            wsd.count_log("| DISCONNECT") == n && children_of(wsd_pid).is_empty()
+        })
     };
 
     cycle(0).await;
-    assert!(settled(1), "children after the first cycle: {:?}", children_of(wsd_pid));
+    assert!(
+        settled(1),
+        "children after the first cycle: {:?}",
+        children_of(wsd_pid)
+    );
     let fds_after_first = fd_count(wsd_pid);
     for i in 1..10 {
         cycle(i).await;
     }
-    assert!(settled(10), "children after warm-up: {:?}", children_of(wsd_pid));
+    assert!(
+        settled(10),
+        "children after warm-up: {:?}",
+        children_of(wsd_pid)
+    );
     let threads_after_warmup = thread_count(wsd_pid);
 
     for i in 10..300 {
         cycle(i).await;
     }
-    assert!(settled(300), "{} DISCONNECTs; children: {:?}", wsd.count_log("| DISCONNECT"), children_of(wsd_pid));
+    assert!(
+        settled(300),
+        "{} DISCONNECTs; children: {:?}",
+        wsd.count_log("| DISCONNECT"),
+        children_of(wsd_pid)
+    );
     assert_eq!(children_of(wsd_pid), Vec::<u32>::new());
     assert_eq!(zombies_of(wsd_pid), Vec::<u32>::new());
-    wait_until(Duration::from_secs(2), || fd_count(wsd_pid) <= fds_after_first);
+    wait_until(Duration::from_secs(2), || {
+        fd_count(wsd_pid) <= fds_after_first
+    });
     let fds = fd_count(wsd_pid);
-    assert!(fds <= fds_after_first, "wsd has {fds} fds open, {fds_after_first} after the first cycle");
+    assert!(
+        fds <= fds_after_first,
+        "wsd has {fds} fds open, {fds_after_first} after the first cycle"
+    );
     let threads = thread_count(wsd_pid);
-    assert!(threads <= threads_after_warmup + 2, "wsd has {threads} threads, {threads_after_warmup} after warm-up");
+    assert!(
+        threads <= threads_after_warmup + 2,
+        "wsd has {threads} threads, {threads_after_warmup} after warm-up"
+    );
 }
 
 // ---- the program's stderr ---------------------------------------------------------------------
@@ -271,7 +336,10 @@ async fn three_hundred_connections_leave_no_zombies_orphans_fds_or_threads() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_programs_stderr_is_logged_line_by_line_and_not_sent_to_the_client() {
     let dir = TempDir::new("stderr");
-    let script = dir.script("err.sh", "echo $$\necho out1\necho err1 >&2\necho 'err 2' >&2\nsleep 0.1\necho out2");
+    let script = dir.script(
+        "err.sh",
+        "echo $$\necho out1\necho err1 >&2\necho 'err 2' >&2\nsleep 0.1\necho out2",
+    );
     let wsd = GracefulWsd::start(&[s(&script)]);
     let mut c = wsd.connect("/").await;
     let pid = recv_pid(&mut c).await;
@@ -280,13 +348,20 @@ async fn the_programs_stderr_is_logged_line_by_line_and_not_sent_to_the_client()
     assert_eq!(close, Some((1000, String::new())));
     assert!(wsd.wait_log("| DISCONNECT", SECS5).is_some());
 
-    let stderr_lines: Vec<String> = wsd.stdout().into_iter().filter(|l| l.contains("| stderr     |")).collect();
+    let stderr_lines: Vec<String> = wsd
+        .stdout()
+        .into_iter()
+        .filter(|l| l.contains("| stderr     |"))
+        .collect();
     assert_eq!(stderr_lines.len(), 2, "stderr lines: {stderr_lines:?}");
     assert!(stderr_lines[0].ends_with(" | err1"), "{}", stderr_lines[0]);
     assert!(stderr_lines[1].ends_with(" | err 2"), "{}", stderr_lines[1]);
     for line in &stderr_lines {
         assert!(line.contains(" id:'"), "no id: {line}");
-        assert!(line.contains(&format!(" pid:'{pid}'")), "no pid:'{pid}': {line}");
+        assert!(
+            line.contains(&format!(" pid:'{pid}'")),
+            "no pid:'{pid}': {line}"
+        );
     }
 }
 
@@ -307,7 +382,12 @@ async fn graceful_shutdown_on(sig: i32) {
     assert_eq!(a.next_event(Duration::from_secs(3)).await, want);
     assert_eq!(b.next_event(Duration::from_secs(3)).await, want);
     let status = wsd.wait_exit(Duration::from_secs(3).saturating_sub(t0.elapsed()));
-    assert_eq!(status.map(|s| s.code()), Some(Some(0)), "exit status {status:?} after {:?}", t0.elapsed());
+    assert_eq!(
+        status.map(|s| s.code()),
+        Some(Some(0)),
+        "exit status {status:?} after {:?}",
+        t0.elapsed()
+    );
     for kid in kids {
         assert!(!alive(kid), "the program {kid} outlived wsd");
     }
@@ -348,30 +428,52 @@ async fn the_access_log_has_one_connect_and_one_disconnect_line_per_connection()
     let mut other = wsd.connect("/other").await;
     let _ = recv_pid(&mut other).await;
     drop(other);
-    assert!(wait_until(SECS5, || wsd.count_log("| DISCONNECT") == 2), "log: {:?}", wsd.stdout());
+    assert!(
+        wait_until(SECS5, || wsd.count_log("| DISCONNECT") == 2),
+        "log: {:?}",
+        wsd.stdout()
+    );
 
     let log = wsd.stdout();
     let connects: Vec<&String> = log.iter().filter(|l| l.ends_with("| CONNECT")).collect();
     let disconnects: Vec<&String> = log.iter().filter(|l| l.contains("| DISCONNECT")).collect();
     assert_eq!(connects.len(), 2, "{connects:?}");
     assert_eq!(disconnects.len(), 2, "{disconnects:?}");
-    let mut connect_ids: Vec<&str> = connects.iter().map(|l| pair(l, "id").expect("an id")).collect();
-    let mut disconnect_ids: Vec<&str> = disconnects.iter().map(|l| pair(l, "id").expect("an id")).collect();
+    let mut connect_ids: Vec<&str> = connects
+        .iter()
+        .map(|l| pair(l, "id").expect("an id"))
+        .collect();
+    let mut disconnect_ids: Vec<&str> = disconnects
+        .iter()
+        .map(|l| pair(l, "id").expect("an id"))
+        .collect();
     connect_ids.sort();
     disconnect_ids.sort();
     assert_eq!(connect_ids, disconnect_ids);
     assert_ne!(connect_ids[0], connect_ids[1]);
 
     let url = format!("http://127.0.0.1:{}/some/path?q=1", wsd.port);
-    let line = disconnects.iter().find(|l| pair(l, "url") == Some(url.as_str())).expect("a DISCONNECT for /some/path");
+    let line = disconnects
+        .iter()
+        .find(|l| pair(l, "url") == Some(url.as_str()))
+        .expect("a DISCONNECT for /some/path");
     assert!(line.contains(" | ACCESS | session    | "), "{line}");
     assert_eq!(pair(line, "pid"), Some(pid.to_string().as_str()), "{line}");
     assert_eq!(pair(line, "remote"), Some("127.0.0.1"), "{line}");
     // "DISCONNECT after 0.123s, exit status 0, in 2 msgs / 13 bytes, out 3 msgs / N bytes":
     // bytes in count the newline added to each message; out counts the pid line too.
-    let tail = line.split("| DISCONNECT after ").nth(1).expect("DISCONNECT after");
+    let tail = line
+        .split("| DISCONNECT after ")
+        .nth(1)
+        .expect("DISCONNECT after");
     let (secs, rest) = tail.split_once("s, ").expect("a duration");
-    assert!(secs.parse::<f64>().is_ok_and(|s| s > 0.0 && s < 5.0), "duration {secs:?}");
+    assert!(
+        secs.parse::<f64>().is_ok_and(|s| s > 0.0 && s < 5.0),
+        "duration {secs:?}"
+    );
     let out_bytes = pid.to_string().len() + "hello".len() + "world!".len();
-    assert_eq!(rest, format!("exit status 0, in 2 msgs / 13 bytes, out 3 msgs / {out_bytes} bytes"));
+    assert_eq!(
+        rest,
+        format!("exit status 0, in 2 msgs / 13 bytes, out 3 msgs / {out_bytes} bytes")
+    );
 }

@@ -527,7 +527,10 @@ pub fn raw_ws_upgrade(port: u16, path: &str) -> TcpStream {
 /// Makes closing the socket `fd` reset the connection (RST) instead of ending it with FIN:
 /// SO_LINGER on with a zero timeout.
 pub fn set_linger_zero(fd: std::os::fd::RawFd) {
-    let linger = libc::linger { l_onoff: 1, l_linger: 0 };
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
     // SAFETY: `linger` is a valid, live `struct linger` of the size passed.
     let rc = unsafe {
         libc::setsockopt(
@@ -538,7 +541,12 @@ pub fn set_linger_zero(fd: std::os::fd::RawFd) {
             std::mem::size_of::<libc::linger>() as libc::socklen_t,
         )
     };
-    assert_eq!(rc, 0, "setsockopt(SO_LINGER): {}", std::io::Error::last_os_error());
+    assert_eq!(
+        rc,
+        0,
+        "setsockopt(SO_LINGER): {}",
+        std::io::Error::last_os_error()
+    );
 }
 
 /// The process group of `pid`, if it exists.
