@@ -46,14 +46,7 @@ async fn connect_with(wsd: &Wsd, path: &str, headers: &[(&str, &str)]) -> Client
             HeaderValue::from_str(value).unwrap(),
         );
     }
-    let (ws, _) = tokio::time::timeout(
-        Duration::from_secs(5),
-        tokio_tungstenite::connect_async(req),
-    )
-    .await
-    .expect("handshake in time")
-    .expect("handshake succeeds");
-    Client { ws }
+    Client::connect(req).await
 }
 
 /// Reads every line the program printed until the close frame: NAME -> value.

@@ -273,10 +273,14 @@ pub struct Client {
 }
 
 impl Client {
-    pub async fn connect(url: &str) -> Client {
+    /// Connects to a URL, or to a prepared request (with extra headers, say).
+    pub async fn connect<R>(request: R) -> Client
+    where
+        R: tokio_tungstenite::tungstenite::client::IntoClientRequest + Unpin,
+    {
         let (ws, _) = tokio::time::timeout(
             Duration::from_secs(5),
-            tokio_tungstenite::connect_async(url),
+            tokio_tungstenite::connect_async(request),
         )
         .await
         .expect("handshake in time")
