@@ -111,7 +111,7 @@ pub async fn handle(
     );
     let span = tracing::error_span!(target: "wsd", "request", url = %url, id = Empty, remote = Empty, command = Empty, origin = Empty, pid = Empty);
     let response = if is_upgrade(&req) {
-        upgrade(&shared, &peer, req).instrument(span).await
+        upgrade(&shared, &peer, &host, req).instrument(span).await
     } else {
         span.in_scope(|| plain(&shared, &req, &url))
     };
@@ -214,7 +214,12 @@ fn refuse(config: &Config, status: StatusCode, why: &str) -> Response<Body> {
     )
 }
 
-async fn upgrade(shared: &Arc<Shared>, peer: &Peer, mut req: Request<Incoming>) -> Response<Body> {
+async fn upgrade(
+    shared: &Arc<Shared>,
+    peer: &Peer,
+    host: &str,
+    mut req: Request<Incoming>,
+) -> Response<Body> {
     let config = &shared.config;
     let span = tracing::Span::current();
 
@@ -322,11 +327,6 @@ async fn upgrade(shared: &Arc<Shared>, peer: &Peer, mut req: Request<Incoming>) 
         .and_then(|o| o.to_str().ok());
     let origin = crate::origin::effective_origin(origin_header, config).to_string();
     span.record("origin", origin.as_str());
-    let host = req
-        .headers()
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .unwrap_or("");
     if let Err(refused) = crate::origin::check(&origin, host, config) {
         crate::access!("session", "{}", refused.0);
         return refuse(config, StatusCode::FORBIDDEN, "origin not allowed");

@@ -102,8 +102,8 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         let _ = l.await;
     }
     tracker.close();
-    // Each session's teardown takes at most the signal schedule plus 3 x --closems.
-    let bound = Duration::from_secs(3) + config.close_grace * 3;
+    // A teardown takes at most the stdin flush and the signal schedule, each step plus --closems.
+    let bound = Duration::from_secs(3) + config.close_grace * 4;
     if tokio::time::timeout(bound, tracker.wait()).await.is_err() {
         crate::error!(
             "server",
