@@ -147,7 +147,7 @@ impl ChildProcess {
         if exit.is_none() {
             crate::error!("process", "SIGKILL did not terminate {}!", self.pid);
         }
-        self.signal_group(libc::SIGKILL);
+        self.kill_leftovers();
         exit
     }
 

@@ -63,6 +63,16 @@ impl LineSplitter {
         None
     }
 
+    /// Every complete line (or over-long piece) read so far and, at end of file, the last
+    /// line without `\n` too.
+    pub fn take_lines(&mut self, at_eof: bool) -> Vec<Bytes> {
+        let mut lines: Vec<Bytes> = std::iter::from_fn(|| self.next_line()).collect();
+        if at_eof {
+            lines.extend(self.finish());
+        }
+        lines
+    }
+
     /// At end of file: what is left, if anything (a last line without `\n`).
     pub fn finish(&mut self) -> Option<Bytes> {
         self.scanned = 0;
@@ -159,7 +169,7 @@ mod tests {
 
     fn feed(s: &mut LineSplitter, data: &[u8]) -> Vec<Bytes> {
         s.buffer().extend_from_slice(data);
-        std::iter::from_fn(|| s.next_line()).collect()
+        s.take_lines(false)
     }
 
     #[test]

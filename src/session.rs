@@ -315,13 +315,8 @@ async fn pump_output(
                         batch.push(Message::Binary(binary_buf.split().freeze()));
                     }
                 } else {
-                    while let Some(line) = lines.next_line() {
+                    for line in lines.take_lines(n == 0) {
                         batch.push(text_message(line, config.pass_stderr, &mut warned_utf8));
-                    }
-                    if n == 0 {
-                        if let Some(last) = lines.finish() {
-                            batch.push(text_message(last, config.pass_stderr, &mut warned_utf8));
-                        }
                     }
                     if lines.split_happened && !warned_split {
                         warned_split = true;
@@ -450,19 +445,9 @@ async fn read_client(
             .last_seen_ms
             .store(started.elapsed().as_millis() as u64, Ordering::Relaxed);
         let data = match msg {
-            Message::Text(text) => {
-                let mut line = BytesMut::with_capacity(text.len() + 1);
-                line.extend_from_slice(text.as_bytes());
-                line.put_u8(b'\n');
-                line.freeze()
-            }
+            Message::Text(text) => with_newline(text.as_bytes()),
             Message::Binary(data) if binary => data,
-            Message::Binary(data) => {
-                let mut line = BytesMut::with_capacity(data.len() + 1);
-                line.extend_from_slice(&data);
-                line.put_u8(b'\n');
-                line.freeze()
-            }
+            Message::Binary(data) => with_newline(&data),
             Message::Close(_) => {
                 closing = true;
                 continue;
@@ -502,6 +487,14 @@ async fn read_client(
             None => stdin_open = false,
         }
     }
+}
+
+/// A client message as a line for stdin.
+fn with_newline(data: &[u8]) -> Bytes {
+    let mut line = BytesMut::with_capacity(data.len() + 1);
+    line.extend_from_slice(data);
+    line.put_u8(b'\n');
+    line.freeze()
 }
 
 /// The close code for a read error.
@@ -567,11 +560,7 @@ async fn pump_stderr(mut stderr: ChildStderr, tx: Option<mpsc::Sender<String>>, 
                 0
             }
         };
-        let mut batch: Vec<Bytes> = std::iter::from_fn(|| lines.next_line()).collect();
-        if n == 0 {
-            batch.extend(lines.finish());
-        }
-        for line in batch {
+        for line in lines.take_lines(n == 0) {
             crate::error!("stderr", "{}", String::from_utf8_lossy(&line));
             if let Some(tx) = &tx {
                 let json = framing::tagged_json("stderr", &line);
