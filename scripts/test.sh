@@ -4,7 +4,9 @@
 #   2. a Python venv in target/venv with the `websockets` client library
 #   3. cargo fmt --check, cargo clippy -D warnings, cargo build --release, cargo test --release
 #   4. tests/python/test_clients.py: the README's examples through a real Python client
-#   5. websocketd's own integration suite against wsd, when WEBSOCKETD_SRC names a websocketd
+#   5. tests/autobahn/run.py: the Autobahn TestSuite's cases (PyPI `kosoku`) against `wsd cat`,
+#      text and binary mode; differences must all be listed in tests/autobahn/expected-differences.txt
+#   6. websocketd's own integration suite against wsd, when WEBSOCKETD_SRC names a websocketd
 #      git checkout; failures must all be listed in tests/peer-suite-expected-failures.txt
 # Exit status 0 only if every step that ran passed.
 set -euo pipefail
@@ -54,14 +56,17 @@ install_packages() {
   apt-get install -y -qq --no-install-recommends "${missing[@]}"
 }
 
+PY_PACKAGES=(websockets kosoku)
+
 python_venv() {
-  if [ -x "$VENV/bin/python" ] && "$VENV/bin/python" -c 'import websockets' 2>/dev/null; then
-    echo "reusing $VENV (websockets $("$VENV/bin/python" -c 'import websockets; print(websockets.__version__)'))"
-    return 0
+  if [ -x "$VENV/bin/python" ] && "$VENV/bin/python" -c 'import websockets, kosoku' 2>/dev/null; then
+    echo "reusing $VENV"
+  else
+    python3 -m venv --clear "$VENV"
+    "$VENV/bin/pip" install -q --disable-pip-version-check "${PY_PACKAGES[@]}"
+    echo "created $VENV"
   fi
-  python3 -m venv --clear "$VENV"
-  "$VENV/bin/pip" install -q --disable-pip-version-check websockets
-  echo "created $VENV (websockets $("$VENV/bin/python" -c 'import websockets; print(websockets.__version__)'))"
+  "$VENV/bin/pip" list --disable-pip-version-check 2>/dev/null | grep -Ei "^(${PY_PACKAGES[*]// /|}) "
 }
 
 clippy() {
@@ -148,6 +153,7 @@ if [[ " ${failed[*]} " == *" cargo build --release "* ]]; then
 else
   step "cargo test --release" cargo test --release
   step "python clients" python_clients
+  step "autobahn" "$VENV/bin/python" tests/autobahn/run.py target/release/wsd "$VENV/bin/kosoku" target/autobahn
   if [ -n "${WEBSOCKETD_SRC:-}" ]; then
     step "peer suite" peer_suite
   else

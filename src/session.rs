@@ -112,7 +112,7 @@ impl Session {
         crate::access!("session", "CONNECT");
 
         let (mut sink, stream) = ws.split();
-        let (stdin_tx, stdin_rx) = mpsc::channel::<Bytes>(STDIN_QUEUE);
+        let (stdin_tx, stdin_rx) = mpsc::channel::<StdinItem>(STDIN_QUEUE);
         let stdin_task = self
             .child
             .stdin
@@ -425,7 +425,7 @@ fn hung_up(fd: std::os::fd::RawFd) -> bool {
 /// Client → stdin queue. Ends when the client closes, fails or drops.
 async fn read_client(
     mut stream: SplitStream<Ws>,
-    stdin_tx: mpsc::Sender<Bytes>,
+    stdin_tx: mpsc::Sender<StdinItem>,
     binary: bool,
     stats: Arc<Stats>,
     started: Instant,
@@ -445,9 +445,12 @@ async fn read_client(
             .last_seen_ms
             .store(started.elapsed().as_millis() as u64, Ordering::Relaxed);
         let data = match msg {
-            Message::Text(text) => with_newline(text.as_bytes()),
-            Message::Binary(data) if binary => data,
-            Message::Binary(data) => with_newline(&data),
+            Message::Text(text) => with_newline(text.into()),
+            Message::Binary(data) if binary => StdinItem {
+                data,
+                newline: false,
+            },
+            Message::Binary(data) => with_newline(data),
             Message::Close(_) => {
                 closing = true;
                 continue;
@@ -489,21 +492,34 @@ async fn read_client(
     }
 }
 
+/// A client message on its way to stdin. The newline is kept apart from the data so that a
+/// large message is written as it arrived, never copied.
+struct StdinItem {
+    data: Bytes,
+    newline: bool,
+}
+
+impl StdinItem {
+    fn len(&self) -> usize {
+        self.data.len() + usize::from(self.newline)
+    }
+}
+
 /// A client message as a line for stdin.
-fn with_newline(data: &[u8]) -> Bytes {
-    let mut line = BytesMut::with_capacity(data.len() + 1);
-    line.extend_from_slice(data);
-    line.put_u8(b'\n');
-    line.freeze()
+fn with_newline(data: Bytes) -> StdinItem {
+    StdinItem {
+        data,
+        newline: true,
+    }
 }
 
 /// The close code for a read error.
 fn classify(e: WsError) -> ClientEnd {
     match e {
-        WsError::Utf8(why) => ClientEnd::Failed(
-            CloseCode::Invalid,
-            format!("invalid UTF-8 in a text message: {why}"),
-        ),
+        // tungstenite's text for this error quotes the message itself: leave it out.
+        WsError::Utf8(_) => {
+            ClientEnd::Failed(CloseCode::Invalid, "invalid UTF-8 in a text message".into())
+        }
         WsError::Capacity(CapacityError::MessageTooLong { size, max_size }) => ClientEnd::Failed(
             CloseCode::Size,
             format!("message of {size} bytes is over the limit of {max_size}"),
@@ -520,21 +536,30 @@ fn classify(e: WsError) -> ClientEnd {
     }
 }
 
-/// Queue → child's stdin, batching what is waiting into one write.
-async fn write_stdin(mut stdin: ChildStdin, mut rx: mpsc::Receiver<Bytes>) {
+/// Queue → child's stdin, batching small messages that are waiting into one write.
+async fn write_stdin(mut stdin: ChildStdin, mut rx: mpsc::Receiver<StdinItem>) {
     let mut batch = BytesMut::new();
-    while let Some(first) = rx.recv().await {
-        let result = if first.len() >= STDIN_BATCH || rx.is_empty() {
-            stdin.write_all(&first).await
+    let mut next = rx.recv().await;
+    while let Some(item) = next.take() {
+        let result = if item.len() >= STDIN_BATCH {
+            write_item(&mut stdin, &item).await
         } else {
-            batch.extend_from_slice(&first);
+            append(&mut batch, &item);
             while batch.len() < STDIN_BATCH {
                 match rx.try_recv() {
-                    Ok(more) => batch.extend_from_slice(&more),
+                    Ok(more) if more.len() < STDIN_BATCH => append(&mut batch, &more),
+                    Ok(more) => {
+                        next = Some(more);
+                        break;
+                    }
                     Err(_) => break,
                 }
             }
             let r = stdin.write_all(&batch).await;
+            if batch.capacity() > STDIN_BATCH {
+                // Do not keep a burst's buffer for the rest of a long, quiet session.
+                batch = BytesMut::new();
+            }
             batch.clear();
             r
         };
@@ -542,7 +567,25 @@ async fn write_stdin(mut stdin: ChildStdin, mut rx: mpsc::Receiver<Bytes>) {
             crate::debug!("process", "Cannot write to STDIN: {e}");
             return;
         }
+        if next.is_none() {
+            next = rx.recv().await;
+        }
     }
+}
+
+fn append(batch: &mut BytesMut, item: &StdinItem) {
+    batch.extend_from_slice(&item.data);
+    if item.newline {
+        batch.put_u8(b'\n');
+    }
+}
+
+async fn write_item(stdin: &mut ChildStdin, item: &StdinItem) -> std::io::Result<()> {
+    stdin.write_all(&item.data).await?;
+    if item.newline {
+        stdin.write_all(b"\n").await?;
+    }
+    Ok(())
 }
 
 /// The child's stderr: each line is logged, and with `--passstderr` also queued for the
