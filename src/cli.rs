@@ -20,6 +20,14 @@ pub const DEFAULT_MAX_LINE_BYTES: usize = 16 << 20;
 pub const DEFAULT_MAX_FRAME_SIZE: i64 = 1 << 20;
 /// Concurrent child processes allowed (websocketd 0.5's default for `--maxforks`).
 pub const DEFAULT_MAX_FORKS: i64 = 1024;
+/// Largest request line and headers together (wsd's own flag).
+pub const DEFAULT_MAX_HEADER_BYTES: usize = 16 << 10;
+/// hyper's smallest read buffer; a header limit below it cannot be enforced.
+pub const MIN_MAX_HEADER_BYTES: usize = 8 << 10;
+/// Time to send a request's headers (websocketd 0.5's slowloris limit).
+pub const DEFAULT_HEADER_TIMEOUT_MS: u64 = 10_000;
+/// Connections that have not finished a WebSocket handshake (wsd's own flag).
+pub const DEFAULT_MAX_PENDING: usize = 1024;
 
 /// Log levels, most verbose first, with websocketd's names.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, ValueEnum)]
@@ -149,6 +157,27 @@ pub struct Cli {
     )]
     pub pingms: u64,
 
+    /// Largest request line plus headers in bytes (at least 8192); a larger request is
+    /// answered 431 Request Header Fields Too Large.
+    #[arg(long = "max-header-bytes", value_name = "BYTES", default_value_t = DEFAULT_MAX_HEADER_BYTES,
+          value_parser = parse_max_header_bytes, help_heading = "Limits")]
+    pub max_header_bytes: usize,
+
+    /// A request's headers must arrive within MS milliseconds of the connection opening, or
+    /// of the previous response on a kept-alive connection; otherwise the connection is
+    /// closed. This ends slowloris attacks and idle connections that never start a
+    /// handshake. 0 disables it.
+    #[arg(long = "header-timeout-ms", value_name = "MS", default_value_t = DEFAULT_HEADER_TIMEOUT_MS,
+          help_heading = "Limits")]
+    pub header_timeout_ms: u64,
+
+    /// Most connections at once that have not finished a WebSocket handshake (plain HTTP
+    /// connections included). When one more arrives, the oldest of them is closed, so a flood
+    /// of idle connections cannot lock out real clients. 0 means no limit.
+    #[arg(long = "max-pending", value_name = "N", default_value_t = DEFAULT_MAX_PENDING,
+          help_heading = "Limits")]
+    pub max_pending: usize,
+
     /// Accept upgrades only from these origins ([scheme://]host[:port], comma separated); others
     /// get 403. Without a port any port matches; without a scheme both http and https do.
     #[arg(long, value_name = "ORIGINS", help_heading = "Access control")]
@@ -265,6 +294,16 @@ fn parse_go_bool(s: &str) -> Result<bool, String> {
 fn parse_positive_usize(s: &str) -> Result<usize, String> {
     match s.parse::<usize>() {
         Ok(0) => Err("must be at least 1".to_string()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+fn parse_max_header_bytes(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(n) if n < MIN_MAX_HEADER_BYTES => {
+            Err(format!("must be at least {MIN_MAX_HEADER_BYTES}"))
+        }
         Ok(n) => Ok(n),
         Err(e) => Err(e.to_string()),
     }

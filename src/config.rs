@@ -74,6 +74,11 @@ pub struct Config {
     /// Most concurrent children; `None` means unlimited.
     pub max_forks: Option<usize>,
     pub close_grace: Duration,
+    pub max_header_bytes: usize,
+    /// Time to send a request's headers; `None` means no limit.
+    pub header_timeout: Option<Duration>,
+    /// Most connections without a finished handshake; `None` means no limit.
+    pub max_pending: Option<usize>,
     pub ping_interval: Option<Duration>,
     pub allow_origins: Option<Vec<String>>,
     pub same_origin: bool,
@@ -179,6 +184,10 @@ impl Config {
             reverse_lookup: cli.reverselookup,
             max_forks: usize::try_from(cli.maxforks).ok().filter(|&n| n > 0),
             close_grace: Duration::from_millis(cli.closems),
+            max_header_bytes: cli.max_header_bytes,
+            header_timeout: (cli.header_timeout_ms > 0)
+                .then(|| Duration::from_millis(cli.header_timeout_ms)),
+            max_pending: (cli.max_pending > 0).then_some(cli.max_pending),
             ping_interval: (cli.pingms > 0).then(|| Duration::from_millis(cli.pingms)),
             allow_origins,
             same_origin: cli.sameorigin,

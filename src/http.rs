@@ -5,7 +5,8 @@
 //! `--maxforks` slot (429), a program for the path (404, or 403 when not executable), a valid
 //! handshake (405 for a method other than GET, 426 for a version other than 13, 400 for a bad
 //! key), the Origin (403). The child is started before the 101 answer, so a program that
-//! cannot start is an HTTP 500 rather than a WebSocket that opens and dies.
+//! cannot start is an HTTP 500 (503 when processes or descriptors have run out) rather than a
+//! WebSocket that opens and dies.
 
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -39,6 +40,10 @@ const WS_WRITE_BUFFER: usize = 64 * 1024;
 /// What every connection shares.
 pub struct Shared {
     pub config: Arc<Config>,
+    /// Connections that have not finished a handshake (`--max-pending`).
+    pub pending: Arc<crate::admission::Pending>,
+    /// The descriptor held back to answer 503 when the process runs out.
+    pub reserve: Arc<crate::admission::Reserve>,
     pub forks: Option<Arc<Semaphore>>,
     pub shutdown: CancellationToken,
     pub tracker: TaskTracker,
@@ -48,6 +53,8 @@ pub struct Shared {
 impl Shared {
     pub fn new(config: Arc<Config>, shutdown: CancellationToken, tracker: TaskTracker) -> Shared {
         Shared {
+            pending: crate::admission::Pending::new(config.max_pending),
+            reserve: crate::admission::Reserve::new(),
             forks: config.max_forks.map(|n| Arc::new(Semaphore::new(n))),
             config,
             shutdown,
@@ -110,12 +117,41 @@ pub async fn handle(
         req.uri().path_and_query().map_or("/", |p| p.as_str()),
     );
     let span = tracing::error_span!(target: "wsd", "request", url = %url, id = Empty, remote = Empty, command = Empty, origin = Empty, pid = Empty);
+    // hyper bounds the buffer it reads the head into near the limit; this makes it exact.
+    let head_len = head_size(&req);
+    if head_len > shared.config.max_header_bytes {
+        span.in_scope(|| {
+            let remote = peer
+                .addr
+                .map_or_else(|| "unix socket".to_string(), |a| a.ip().to_string());
+            crate::access!(
+                "http",
+                "431: request headers from {remote} over --max-header-bytes ({head_len} bytes)"
+            )
+        });
+        return Ok(refuse(
+            &shared.config,
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "request headers too large",
+        ));
+    }
     let response = if is_upgrade(&req) {
         upgrade(&shared, &peer, &host, req).instrument(span).await
     } else {
         span.in_scope(|| plain(&shared, &req, &url))
     };
     Ok(response)
+}
+
+/// The size of a request's head as sent: request line, header lines and the empty line.
+fn head_size<B>(req: &Request<B>) -> usize {
+    let line = req.method().as_str().len() + req.uri().to_string().len() + "HTTP/1.1".len() + 4;
+    let headers: usize = req
+        .headers()
+        .iter()
+        .map(|(name, value)| name.as_str().len() + 2 + value.len() + 2)
+        .sum();
+    line + headers + 2
 }
 
 fn is_upgrade<B>(req: &Request<B>) -> bool {
@@ -337,6 +373,21 @@ async fn upgrade(
     let env = cgi_env::build(config, &parts, &remote, &route.script, &id);
     let child = match ChildProcess::spawn(&route.program, &route.args, env) {
         Ok(c) => c,
+        Err(e) if crate::admission::is_exhaustion(&e) => {
+            crate::error!(
+                "process",
+                "Could not launch process {} ({e}): answering 503",
+                route.program.display()
+            );
+            let mut resp = refuse(
+                config,
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the server cannot start another program right now; retry soon",
+            );
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            return resp;
+        }
         Err(e) => {
             crate::error!(
                 "process",
@@ -356,7 +407,9 @@ async fn upgrade(
         .read_buffer_size(WS_READ_BUFFER)
         .write_buffer_size(WS_WRITE_BUFFER)
         .max_message_size(config.max_message)
-        .max_frame_size(config.max_message);
+        // Without a limit, still refuse a frame length with its top bit set (1002), rather
+        // than waiting for 2^63 bytes.
+        .max_frame_size(Some(config.max_message.unwrap_or(i64::MAX as usize)));
     let session = Session {
         config: config.clone(),
         child,

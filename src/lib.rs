@@ -6,10 +6,12 @@
 //! process lifecycle and log format) that also fails bad input with the right close codes,
 //! kills whole process groups, and bounds every buffer.
 //!
-//! One connection, from accept to teardown: [`server`] accepts it, [`http`] routes the request
+//! One connection, from accept to teardown: [`server`] accepts it ([`admission`] caps the
+//! connections waiting for a handshake and answers 503 when descriptors run out), [`http`] routes the request
 //! ([`route`], [`origin`], [`cgi_env`]) and starts the [`child`], and [`session`] bridges the
 //! two, cutting output into messages with [`framing`].
 
+pub mod admission;
 pub mod cgi_env;
 pub mod child;
 pub mod cli;

@@ -11,6 +11,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::FutureExt;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -20,12 +21,11 @@ use tokio::signal::unix::{signal, SignalKind};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::admission::{Evicted, PendingSlot};
 use crate::config::{Config, Program, TcpAddr};
 use crate::http::{self, Peer, Shared};
 
-/// Request headers must arrive within this time (websocketd 0.5's slowloris limit).
-pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
-/// Pause after a failed accept (out of file descriptors, say) before trying again.
+/// Pause after a failed accept before trying again.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
 /// A start-up failure: the message for the log and the exit status (3, as websocketd).
@@ -42,6 +42,7 @@ enum Listener {
 pub async fn run(config: Config) -> Result<(), StartError> {
     // Installed first, so that a signal during start-up is a graceful shutdown too.
     let signals = Signals::install();
+    crate::admission::raise_fd_limit();
     let config = Arc::new(config);
     let mut listeners = Vec::new();
     for addr in &config.tcp {
@@ -224,6 +225,7 @@ async fn bind_unix(path: &Path) -> Result<UnixListener, StartError> {
 }
 
 async fn accept_loop(listener: Listener, shared: Arc<Shared>) {
+    let mut last_error: Option<io::ErrorKind> = None;
     loop {
         let accepted = tokio::select! {
             _ = shared.shutdown.cancelled() => return,
@@ -231,17 +233,38 @@ async fn accept_loop(listener: Listener, shared: Arc<Shared>) {
         };
         match accepted {
             Ok((io, peer)) => {
+                last_error = None;
+                shared.reserve.accepted();
+                let slot = register_pending(&shared);
                 let shared = shared.clone();
                 let tracker = shared.tracker.clone();
                 tracker.spawn(async move {
                     match io {
-                        Stream::Tcp(s) => serve_connection(s, peer, shared).await,
-                        Stream::Unix(s) => serve_connection(s, peer, shared).await,
+                        Stream::Tcp(s) => serve_connection(s, peer, slot, shared).await,
+                        Stream::Unix(s) => serve_connection(s, peer, slot, shared).await,
                     }
                 });
             }
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) => {
+                // Out of descriptors: free the reserve to take one waiting connection and
+                // answer it 503; the others wait in the listen queue for the next turn.
+                if shared.reserve.release() {
+                    if let Some(Ok((io, _))) = accept(&listener).now_or_never() {
+                        let reserve = shared.reserve.clone();
+                        match io {
+                            Stream::Tcp(s) => tokio::spawn(reserve.refuse(s)),
+                            Stream::Unix(s) => tokio::spawn(reserve.refuse(s)),
+                        };
+                    }
+                }
+                tokio::time::sleep(ACCEPT_BACKOFF).await;
+            }
             Err(e) => {
-                crate::error!("server", "accept failed: {e}; retrying");
+                // Logged once per kind of failure, not once per retry.
+                if last_error != Some(e.kind()) {
+                    crate::error!("server", "accept failed: {e}; retrying");
+                    last_error = Some(e.kind());
+                }
                 tokio::time::sleep(ACCEPT_BACKOFF).await;
             }
         }
@@ -276,28 +299,73 @@ async fn accept(listener: &Listener) -> io::Result<(Stream, Peer)> {
     }
 }
 
-async fn serve_connection<S>(io: S, peer: Peer, shared: Arc<Shared>)
+/// Registers a new connection among those without a handshake, in accept order, so that the
+/// oldest is the one evicted beyond `--max-pending`.
+fn register_pending(shared: &Shared) -> PendingSlot {
+    let (slot, evicted) = shared.pending.register();
+    if let Some(Evicted(open_for)) = evicted {
+        crate::error!(
+            "server",
+            "more than {} connections without a handshake (--max-pending): closed the oldest, open for {:.1}s",
+            shared.config.max_pending.unwrap_or(0),
+            open_for.as_secs_f64()
+        );
+    }
+    slot
+}
+
+async fn serve_connection<S>(io: S, peer: Peer, slot: PendingSlot, shared: Arc<Shared>)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let remote = peer.addr;
     let peer = Arc::new(peer);
     let svc_shared = shared.clone();
     let service = service_fn(move |req| http::handle(svc_shared.clone(), peer.clone(), req));
-    let conn = http1::Builder::new()
+    let mut builder = http1::Builder::new();
+    builder
         .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .max_buf_size(shared.config.max_header_bytes);
+    if let Some(t) = shared.config.header_timeout {
+        builder.header_read_timeout(t);
+    }
+    let conn = builder
         .serve_connection(TokioIo::new(io), service)
         .with_upgrades();
     tokio::pin!(conn);
     tokio::select! {
         r = conn.as_mut() => {
             if let Err(e) = r {
-                crate::debug!("http", "connection error: {e}");
+                log_connection_error(&e, remote);
             }
         }
+        _ = slot.evicted.cancelled() => {}
         _ = shared.shutdown.cancelled() => {
             conn.as_mut().graceful_shutdown();
             let _ = tokio::time::timeout(Duration::from_secs(1), conn).await;
         }
+    }
+}
+
+/// Logs, once per connection, why hyper gave up on it. Malformed and oversized requests have
+/// already been answered (400, 431) by hyper; a header timeout closes without an answer.
+fn log_connection_error(e: &hyper::Error, remote: Option<SocketAddr>) {
+    let remote = remote.map_or_else(|| "unix socket".to_string(), |a| a.ip().to_string());
+    if e.is_timeout() {
+        crate::access!(
+            "http",
+            "closed a connection from {remote}: no complete request headers in time"
+        );
+    } else if e.is_parse_too_large() {
+        crate::access!(
+            "http",
+            "431: request headers from {remote} over --max-header-bytes"
+        );
+    } else if e.is_parse() || e.is_parse_status() {
+        crate::access!("http", "400: malformed request from {remote}: {e}");
+    } else if e.is_incomplete_message() {
+        crate::debug!("http", "connection from {remote} closed mid-request");
+    } else {
+        crate::debug!("http", "connection from {remote}: {e}");
     }
 }

@@ -520,6 +520,15 @@ fn classify(e: WsError) -> ClientEnd {
         WsError::Utf8(_) => {
             ClientEnd::Failed(CloseCode::Invalid, "invalid UTF-8 in a text message".into())
         }
+        // RFC 6455 5.2: the most significant bit of a 64-bit length must be 0.
+        WsError::Capacity(CapacityError::MessageTooLong { size, .. })
+            if size > i64::MAX as usize =>
+        {
+            ClientEnd::Failed(
+                CloseCode::Protocol,
+                "invalid frame length: the most significant bit is set".into(),
+            )
+        }
         WsError::Capacity(CapacityError::MessageTooLong { size, max_size }) => ClientEnd::Failed(
             CloseCode::Size,
             format!("message of {size} bytes is over the limit of {max_size}"),

@@ -14,10 +14,6 @@ use tokio_tungstenite::tungstenite::Message;
 
 const SECS5: Duration = Duration::from_secs(5);
 
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
-
 /// Every binary message until the close frame, and the close frame.
 async fn read_binary_to_close(c: &mut Client) -> (Vec<Vec<u8>>, Option<(u16, String)>) {
     let mut msgs = Vec::new();

@@ -60,6 +60,34 @@ fn extra_sections() -> Roff {
         r.text([roman(meaning)]);
     }
 
+    r.control("SH", ["LIMITS AND HOSTILE INPUT"]);
+    r.text([roman(
+        "Every buffer and every waiting connection is bounded. Each case is logged once; other connections carry on.",
+    )]);
+    for (what, answer) in [
+        ("431", "Request line and headers over --max-header-bytes, or more than 100 header fields."),
+        ("400", "A malformed request: a bad request line or header, or TLS on the plain port."),
+        ("(closed)", "No complete request headers within --header-timeout-ms of connecting or of the previous response; \
+         or, beyond --max-pending connections without a finished handshake, the oldest of them."),
+        ("429", "--maxforks programs are running."),
+        ("503", "wsd is out of file descriptors (one is held in reserve to answer), or a program cannot be started \
+         because processes or descriptors have run out; with Retry-After: 1. Service resumes by itself."),
+        ("500", "The program cannot be started for another reason (missing, not executable)."),
+        ("1009", "A client message over --maxframesize, decided from the frame header without reading the payload."),
+        ("1002", "A protocol violation: an unmasked client frame, reserved bits or opcodes, a bad fragment sequence, \
+         a fragmented or oversized control frame, a 64-bit length with its top bit set."),
+        ("1007", "Invalid UTF-8 in a text message, as soon as the bad fragment arrives."),
+    ] {
+        r.control("TP", []);
+        r.text([bold(what)]);
+        r.text([roman(answer)]);
+    }
+    r.control("PP", []);
+    r.text([roman(
+        "A client that sends faster than its program reads is stalled by TCP after 8 queued messages; a program that writes \
+         faster than its client reads blocks on its full pipe. At start wsd raises its soft limit on open files to the hard limit.",
+    )]);
+
     r.control("SH", ["SIGNALS"]);
     r.control("TP", []);
     r.text([bold("SIGINT, SIGTERM")]);

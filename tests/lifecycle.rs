@@ -4,35 +4,13 @@
 mod common;
 use common::*;
 
-use std::os::fd::AsRawFd;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use futures_util::SinkExt;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::MaybeTlsStream;
 
 const SECS5: Duration = Duration::from_secs(5);
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
-
-/// The first message, a pid the script printed with `echo $$` or `echo $!`.
-async fn recv_pid(c: &mut Client) -> u32 {
-    let text = c.recv_text().await;
-    text.parse()
-        .unwrap_or_else(|_| panic!("expected a pid, got {text:?}"))
-}
-
-/// The raw file descriptor of a client's TCP socket.
-fn client_fd(c: &Client) -> std::os::fd::RawFd {
-    #[allow(unreachable_patterns)]
-    match c.ws.get_ref() {
-        MaybeTlsStream::Plain(tcp) => tcp.as_raw_fd(),
-        _ => unreachable!("plain ws:// connection"),
-    }
-}
 
 /// A script that prints its pid, reads stdin to its end, then records that it saw the end in
 /// the file named by its first argument and exits 0.
@@ -265,7 +243,7 @@ async fn a_background_grandchild_dies_when_the_program_exits_by_itself() {
 // ---- many connections --------------------------------------------------------------------------
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn three_hundred_connections_leave_no_zombies_orphans_fds_or_threads() {
+async fn three_hundred_cycles_ending_in_close_fin_or_rst_leave_no_zombies_orphans_fds_or_threads() {
     let wsd = GracefulWsd::start(&["cat"]);
     let wsd_pid = wsd.pid();
     let cycle = |i: usize| {
@@ -275,10 +253,13 @@ async fn three_hundred_connections_leave_no_zombies_orphans_fds_or_threads() {
             let msg = format!("hello {i}");
             c.send_text(&msg).await;
             assert_eq!(c.recv_text().await, msg);
-            if i % 2 == 0 {
-                c.close().await;
-            } else {
-                drop(c);
+            match i % 3 {
+                0 => c.close().await,
+                1 => drop(c),
+                _ => {
+                    set_linger_zero(client_fd(&c));
+                    drop(c);
+                }
             }
         }
     };

@@ -502,7 +502,29 @@ pub fn rss_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
-// ---- helpers of tests/data.rs and tests/lifecycle.rs ---------------------------------------
+// ---- helpers of tests/data.rs, tests/lifecycle.rs and tests/hostile.rs -----------------------
+
+/// A path as the `&str` argument lists take.
+pub fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// The first message, a pid the script printed with `echo $$` or `echo $!`.
+pub async fn recv_pid(c: &mut Client) -> u32 {
+    let text = c.recv_text().await;
+    text.parse()
+        .unwrap_or_else(|_| panic!("expected a pid, got {text:?}"))
+}
+
+/// The raw file descriptor of a client's TCP socket.
+pub fn client_fd(c: &Client) -> std::os::fd::RawFd {
+    use std::os::fd::AsRawFd;
+    #[allow(unreachable_patterns)]
+    match c.ws.get_ref() {
+        tokio_tungstenite::MaybeTlsStream::Plain(tcp) => tcp.as_raw_fd(),
+        _ => unreachable!("plain ws:// connection"),
+    }
+}
 
 /// A WebSocket handshake on a plain `std` TCP stream, for tests that must control the socket
 /// themselves (never read, drop with FIN or RST, write raw frames). Returns the stream,
