@@ -6,7 +6,9 @@
 #   4. tests/python/test_clients.py: the README's examples through a real Python client
 #   5. tests/autobahn/run.py: the Autobahn TestSuite's cases (PyPI `kosoku`) against `wsd cat`,
 #      text and binary mode; differences must all be listed in tests/autobahn/expected-differences.txt
-#   6. websocketd's own integration suite against wsd, when WEBSOCKETD_SRC names a websocketd
+#   6. tests/browser/live_feed.py: scripts/live-feed.html in headless Chromium (WebSocket and
+#      EventSource against --broadcast --sse)
+#   7. websocketd's own integration suite against wsd, when WEBSOCKETD_SRC names a websocketd
 #      git checkout; failures must all be listed in tests/peer-suite-expected-failures.txt
 # Exit status 0 only if every step that ran passed.
 set -euo pipefail
@@ -36,10 +38,10 @@ is_installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'instal
 
 install_packages() {
   if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null || ! command -v dpkg-query >/dev/null; then
-    echo "not root or no apt-get: not installing packages (needed: python3-venv; for the peer suite golang-1.19-go golang-github-gorilla-websocket-dev)"
+    echo "not root or no apt-get: not installing packages (needed: python3-venv chromium; for the peer suite golang-1.19-go golang-github-gorilla-websocket-dev)"
     return 0
   fi
-  local wanted=(python3-venv) missing=()
+  local wanted=(python3-venv chromium) missing=()
   if [ -n "${WEBSOCKETD_SRC:-}" ]; then
     wanted+=(golang-1.19-go golang-github-gorilla-websocket-dev)
   fi
@@ -66,7 +68,7 @@ python_venv() {
     "$VENV/bin/pip" install -q --disable-pip-version-check "${PY_PACKAGES[@]}"
     echo "created $VENV"
   fi
-  "$VENV/bin/pip" list --disable-pip-version-check 2>/dev/null | grep -Ei "^(${PY_PACKAGES[*]// /|}) "
+  "$VENV/bin/python" -c 'import importlib.metadata as m, sys; print(", ".join(p + " " + m.version(p) for p in sys.argv[1:]))' "${PY_PACKAGES[@]}"
 }
 
 clippy() {
@@ -154,6 +156,7 @@ else
   step "cargo test --release" cargo test --release
   step "python clients" python_clients
   step "autobahn" "$VENV/bin/python" tests/autobahn/run.py target/release/wsd "$VENV/bin/kosoku" target/autobahn
+  step "browser" "$VENV/bin/python" tests/browser/live_feed.py target/release/wsd "$(command -v chromium || echo chromium-not-installed)"
   if [ -n "${WEBSOCKETD_SRC:-}" ]; then
     step "peer suite" peer_suite
   else

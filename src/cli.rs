@@ -26,6 +26,8 @@ pub const DEFAULT_MAX_HEADER_BYTES: usize = 16 << 10;
 pub const MIN_MAX_HEADER_BYTES: usize = 8 << 10;
 /// Time to send a request's headers (websocketd 0.5's slowloris limit).
 pub const DEFAULT_HEADER_TIMEOUT_MS: u64 = 10_000;
+/// Messages queued per broadcast subscriber.
+pub const DEFAULT_SEND_QUEUE: usize = 1024;
 /// Connections that have not finished a WebSocket handshake (wsd's own flag).
 pub const DEFAULT_MAX_PENDING: usize = 1024;
 
@@ -156,6 +158,50 @@ pub struct Cli {
         help_heading = "Programs"
     )]
     pub pingms: u64,
+
+    /// Broadcast mode: one program per route (per program and arguments), shared by all of its
+    /// clients. Every output line goes to every client; client messages go to the shared
+    /// stdin as whole lines. The program starts with the first client (with that client's
+    /// environment) and is stopped --linger-ms after the last one leaves.
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, require_equals = true,
+          default_missing_value = "true", value_parser = parse_go_bool, action = ArgAction::Set,
+          default_value = "false", hide_default_value = true, help_heading = "Live feeds")]
+    pub broadcast: bool,
+
+    /// With --broadcast: how long a shared program keeps running after its last client left.
+    /// -1 keeps it running for good; with COMMAND it is then started when the server starts.
+    #[arg(
+        long = "linger-ms",
+        value_name = "MS",
+        default_value_t = 0,
+        allow_negative_numbers = true,
+        help_heading = "Live feeds"
+    )]
+    pub linger_ms: i64,
+
+    /// With --broadcast: messages queued per client. A client that falls this far behind is
+    /// closed with 1013 (try again later) and logged; the others carry on at full speed.
+    #[arg(long = "send-queue", value_name = "N", default_value_t = DEFAULT_SEND_QUEUE,
+          value_parser = parse_positive_usize, help_heading = "Live feeds")]
+    pub send_queue: usize,
+
+    /// With --broadcast: a new client first receives the last N output lines, then the live
+    /// stream, with nothing lost or repeated in between.
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = 0,
+        help_heading = "Live feeds"
+    )]
+    pub replay: usize,
+
+    /// Server-Sent Events: a GET with "Accept: text/event-stream" gets the program's output
+    /// as an event stream (one event per line, numbered by id:), per connection or, with
+    /// --broadcast, from the shared program. Not with --binary.
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, require_equals = true,
+          default_missing_value = "true", value_parser = parse_go_bool, action = ArgAction::Set,
+          default_value = "false", hide_default_value = true, help_heading = "Live feeds")]
+    pub sse: bool,
 
     /// Largest request line plus headers in bytes (at least 8192); a larger request is
     /// answered 431 Request Header Fields Too Large.

@@ -57,6 +57,14 @@ pub struct TcpAddr {
 /// An extra response header from `--header`, `--header-ws` or `--header-http`.
 pub type ExtraHeader = (HeaderName, HeaderValue);
 
+/// How long a shared program outlives its last client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Linger {
+    For(Duration),
+    /// `--linger-ms=-1`.
+    Forever,
+}
+
 /// Everything wsd needs to run, validated.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -75,6 +83,11 @@ pub struct Config {
     pub max_forks: Option<usize>,
     pub close_grace: Duration,
     pub max_header_bytes: usize,
+    pub broadcast: bool,
+    pub linger: Linger,
+    pub send_queue: usize,
+    pub replay: usize,
+    pub sse: bool,
     /// Time to send a request's headers; `None` means no limit.
     pub header_timeout: Option<Duration>,
     /// Most connections without a finished handshake; `None` means no limit.
@@ -110,6 +123,30 @@ impl Config {
                     "{flag} is not yet supported by wsd (static files, CGI, the dev console and TLS are planned)"
                 )));
             }
+        }
+        if cli.linger_ms < -1 {
+            return Err(ConfigError::flag(
+                "--linger-ms must be -1 (forever), 0 or a number of milliseconds",
+            ));
+        }
+        for (set, flag) in [
+            (cli.linger_ms != 0, "--linger-ms"),
+            (cli.replay > 0, "--replay"),
+            (
+                cli.send_queue != crate::cli::DEFAULT_SEND_QUEUE,
+                "--send-queue",
+            ),
+        ] {
+            if set && !cli.broadcast {
+                return Err(ConfigError::flag(format!(
+                    "{flag} applies to shared programs: it needs --broadcast"
+                )));
+            }
+        }
+        if cli.sse && cli.binary {
+            return Err(ConfigError::flag(
+                "--sse cannot be used with --binary: Server-Sent Events carry text",
+            ));
         }
         if cli.binary && cli.passstderr {
             return Err(ConfigError::flag(
@@ -185,6 +222,14 @@ impl Config {
             max_forks: usize::try_from(cli.maxforks).ok().filter(|&n| n > 0),
             close_grace: Duration::from_millis(cli.closems),
             max_header_bytes: cli.max_header_bytes,
+            broadcast: cli.broadcast,
+            linger: match cli.linger_ms {
+                -1 => Linger::Forever,
+                ms => Linger::For(Duration::from_millis(ms as u64)),
+            },
+            send_queue: cli.send_queue,
+            replay: cli.replay,
+            sse: cli.sse,
             header_timeout: (cli.header_timeout_ms > 0)
                 .then(|| Duration::from_millis(cli.header_timeout_ms)),
             max_pending: (cli.max_pending > 0).then_some(cli.max_pending),

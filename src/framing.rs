@@ -6,9 +6,72 @@
 //! reads into [`LineSplitter::buffer`] and then takes the complete lines.
 
 use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncRead, AsyncReadExt};
 
 /// How much to read from a pipe at once (the pipe's own capacity on Linux).
 pub const READ_CHUNK: usize = 64 * 1024;
+
+/// A program's stdout cut into message payloads: complete lines in text mode, the bytes of each
+/// read in binary mode.
+pub struct Output<R> {
+    source: R,
+    binary: bool,
+    lines: LineSplitter,
+    chunk: BytesMut,
+    warned_split: bool,
+}
+
+impl<R: AsyncRead + Unpin> Output<R> {
+    pub fn new(source: R, binary: bool, max_line: usize) -> Output<R> {
+        Output {
+            source,
+            binary,
+            lines: LineSplitter::new(max_line),
+            chunk: BytesMut::new(),
+            warned_split: false,
+        }
+    }
+
+    /// Reads once: the payloads that read completed, and whether the output has ended.
+    /// Cancel-safe: the only await is the read itself.
+    pub async fn read(&mut self) -> (Vec<Bytes>, bool) {
+        let read = if self.binary {
+            self.chunk.reserve(READ_CHUNK);
+            self.source.read_buf(&mut self.chunk).await
+        } else {
+            self.source.read_buf(self.lines.buffer()).await
+        };
+        let n = read.unwrap_or_else(|e| {
+            crate::error!(
+                "process",
+                "Unexpected error while reading STDOUT from process: {e}"
+            );
+            0
+        });
+        let payloads = if self.binary {
+            if n > 0 {
+                vec![self.chunk.split().freeze()]
+            } else {
+                Vec::new()
+            }
+        } else {
+            let lines = self.lines.take_lines(n == 0);
+            if self.lines.split_happened && !self.warned_split {
+                self.warned_split = true;
+                crate::error!(
+                    "process",
+                    "a line longer than --max-line-bytes ({}) was sent in pieces",
+                    self.lines.max_line
+                );
+            }
+            lines
+        };
+        if n == 0 {
+            crate::debug!("process", "Process STDOUT closed");
+        }
+        (payloads, n == 0)
+    }
+}
 
 /// Accumulates output and cuts it into lines.
 pub struct LineSplitter {

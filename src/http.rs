@@ -17,7 +17,7 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderValue};
 use hyper::{Request, Response, StatusCode};
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_util::sync::CancellationToken;
@@ -25,11 +25,12 @@ use tokio_util::task::TaskTracker;
 use tracing::field::Empty;
 use tracing::Instrument;
 
+use crate::broadcast::{Hubs, SubscribeError, Subscription};
 use crate::cgi_env::{self, Remote};
 use crate::child::ChildProcess;
 use crate::config::{Config, ExtraHeader};
 use crate::route::{self, RouteError};
-use crate::session::{self, Session};
+use crate::session::{self, Bridge, Session, SharedSession};
 
 /// tungstenite's read buffer per connection (its default, 128 KiB, would dominate the memory
 /// of an idle connection).
@@ -44,6 +45,8 @@ pub struct Shared {
     pub pending: Arc<crate::admission::Pending>,
     /// The descriptor held back to answer 503 when the process runs out.
     pub reserve: Arc<crate::admission::Reserve>,
+    /// `--broadcast`: the shared programs.
+    pub hubs: Arc<Hubs>,
     pub forks: Option<Arc<Semaphore>>,
     pub shutdown: CancellationToken,
     pub tracker: TaskTracker,
@@ -55,6 +58,7 @@ impl Shared {
         Shared {
             pending: crate::admission::Pending::new(config.max_pending),
             reserve: crate::admission::Reserve::new(),
+            hubs: Arc::new(Hubs::new(config.clone(), shutdown.clone(), tracker.clone())),
             forks: config.max_forks.map(|n| Arc::new(Semaphore::new(n))),
             config,
             shutdown,
@@ -96,7 +100,8 @@ pub struct Peer {
     pub fd: std::os::fd::RawFd,
 }
 
-type Body = Full<Bytes>;
+/// A response body: a whole one, or a Server-Sent Events stream.
+pub type Body = http_body_util::Either<Full<Bytes>, crate::sse::EventStream>;
 
 /// Answers one request.
 pub async fn handle(
@@ -137,6 +142,10 @@ pub async fn handle(
     }
     let response = if is_upgrade(&req) {
         upgrade(&shared, &peer, &host, req).instrument(span).await
+    } else if shared.config.sse && crate::sse::wants_events(&req) {
+        crate::sse::respond(&shared, &peer, &host, req)
+            .instrument(span)
+            .await
     } else {
         span.in_scope(|| plain(&shared, &req, &url))
     };
@@ -217,7 +226,7 @@ fn text_response(
     config: &Config,
     extra: &[ExtraHeader],
 ) -> Response<Body> {
-    let mut resp = Response::new(Full::new(Bytes::from(body.to_string())));
+    let mut resp = Response::new(Body::Left(Full::new(Bytes::from(body.to_string()))));
     *resp.status_mut() = status;
     let h = resp.headers_mut();
     h.insert(
@@ -233,7 +242,7 @@ fn text_response(
     resp
 }
 
-fn add_headers(h: &mut hyper::HeaderMap, extra: &[ExtraHeader]) {
+pub(crate) fn add_headers(h: &mut hyper::HeaderMap, extra: &[ExtraHeader]) {
     for (name, value) in extra {
         h.append(name.clone(), value.clone());
     }
@@ -259,51 +268,21 @@ async fn upgrade(
     let config = &shared.config;
     let span = tracing::Span::current();
 
-    let permit = match &shared.forks {
-        Some(forks) => match forks.clone().try_acquire_owned() {
-            Ok(p) => Some(p),
-            Err(_) => {
-                crate::error!(
-                    "http",
-                    "Max of possible forks already active, upgrade rejected"
-                );
-                return refuse(
-                    config,
-                    StatusCode::TOO_MANY_REQUESTS,
-                    "too many connections: the server's --maxforks limit is reached",
-                );
-            }
-        },
-        None => None,
+    // Per connection, a fork slot is the first check (as websocketd); a shared program takes
+    // one only when it has to be started.
+    let permit = if config.broadcast {
+        None
+    } else {
+        match take_fork(shared) {
+            Ok(p) => p,
+            Err(resp) => return *resp,
+        }
     };
-
-    let id = shared.next_id();
-    span.record("id", id.as_str());
-    let remote = match peer.addr {
-        Some(addr) => remote_info(addr, config.reverse_lookup).await,
-        None => Remote::unix(),
-    };
-    span.record("remote", remote.host.as_str());
-
-    let route = match route::resolve(config, req.uri().path()) {
+    let (id, remote) = identify(shared, peer, &span).await;
+    let route = match resolve_route(config, req.uri().path(), &span) {
         Ok(r) => r,
-        Err(RouteError::NotFound) => {
-            crate::access!("session", "NOT FOUND: script not found");
-            return refuse(config, StatusCode::NOT_FOUND, "no program for this path");
-        }
-        Err(RouteError::NotExecutable) => {
-            crate::error!(
-                "session",
-                "FORBIDDEN: the script for this path is not executable"
-            );
-            return refuse(
-                config,
-                StatusCode::FORBIDDEN,
-                "the program for this path is not executable",
-            );
-        }
+        Err(resp) => return *resp,
     };
-    span.record("command", route.program.to_string_lossy().as_ref());
 
     if req.method() != hyper::Method::GET {
         crate::access!(
@@ -356,7 +335,170 @@ async fn upgrade(
             "Sec-WebSocket-Key must be the base64 encoding of 16 bytes",
         );
     };
+    if let Err(resp) = check_origin(config, &req, host, &span) {
+        return *resp;
+    }
 
+    let upgrade = hyper::upgrade::on(&mut req);
+    let (parts, _body) = req.into_parts();
+    let program = match start_program(shared, &parts, &remote, &route, &id, None) {
+        Ok(p) => p,
+        Err(resp) => return *resp,
+    };
+    let bridge = match program {
+        Program::Own(child) => Bridge::Own(Box::new(Session {
+            config: config.clone(),
+            child: *child,
+            shutdown: shared.shutdown.clone(),
+            permit,
+            socket_fd: peer.fd,
+        })),
+        Program::Shared(subscription) => Bridge::Shared(SharedSession {
+            config: config.clone(),
+            subscription,
+            shutdown: shared.shutdown.clone(),
+            socket_fd: peer.fd,
+        }),
+    };
+
+    let ws_config = WebSocketConfig::default()
+        .read_buffer_size(WS_READ_BUFFER)
+        .write_buffer_size(WS_WRITE_BUFFER)
+        .max_message_size(config.max_message)
+        // Without a limit, still refuse a frame length with its top bit set (1002), rather
+        // than waiting for 2^63 bytes.
+        .max_frame_size(Some(config.max_message.unwrap_or(i64::MAX as usize)));
+    session::spawn_after_upgrade(&shared.tracker, upgrade, bridge, ws_config, span.clone());
+
+    let mut resp = Response::new(Body::Left(Full::new(Bytes::new())));
+    *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let h = resp.headers_mut();
+    h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+    if let Ok(accept) = HeaderValue::from_str(&derive_accept_key(key.as_bytes())) {
+        h.insert(header::SEC_WEBSOCKET_ACCEPT, accept);
+    }
+    add_headers(h, &config.headers);
+    add_headers(h, &config.headers_ws);
+    resp
+}
+
+/// `--broadcast --linger-ms=-1` with COMMAND: starts the shared program with the server, with
+/// the environment of a request for `/` that names no client.
+pub fn start_at_boot(shared: &Arc<Shared>) {
+    let config = &shared.config;
+    if !config.broadcast
+        || config.linger != crate::config::Linger::Forever
+        || !matches!(config.program, crate::config::Program::Command { .. })
+    {
+        return;
+    }
+    let Ok(route) = route::resolve(config, "/") else {
+        return;
+    };
+    let (parts, ()) = Request::get("/")
+        .body(())
+        .expect("a GET for / is a valid request")
+        .into_parts();
+    let remote = Remote {
+        addr: String::new(),
+        host: String::new(),
+        port: String::new(),
+    };
+    let env = cgi_env::build(config, &parts, &remote, &route.script, &shared.next_id());
+    let permit = take_fork(shared).ok().flatten();
+    if let Err(e) = shared
+        .hubs
+        .start_at_boot(&route.program, &route.args, env, permit)
+    {
+        crate::error!(
+            "process",
+            "Could not launch process {} ({e}); it will be started with the first client",
+            route.program.display()
+        );
+    }
+}
+
+/// A refusal: the response to send instead (boxed: it is large, and the rare path).
+pub(crate) type Refused = Box<Response<Body>>;
+
+/// A `--maxforks` slot, or the 429 answer.
+pub(crate) fn take_fork(shared: &Shared) -> Result<Option<OwnedSemaphorePermit>, Refused> {
+    let Some(forks) = &shared.forks else {
+        return Ok(None);
+    };
+    match forks.clone().try_acquire_owned() {
+        Ok(p) => Ok(Some(p)),
+        Err(_) => {
+            crate::error!(
+                "http",
+                "Max of possible forks already active, upgrade rejected"
+            );
+            Err(Box::new(refuse(
+                &shared.config,
+                StatusCode::TOO_MANY_REQUESTS,
+                "too many connections: the server's --maxforks limit is reached",
+            )))
+        }
+    }
+}
+
+/// The connection's id and the client's address, recorded in the span.
+pub(crate) async fn identify(
+    shared: &Shared,
+    peer: &Peer,
+    span: &tracing::Span,
+) -> (String, Remote) {
+    let id = shared.next_id();
+    span.record("id", id.as_str());
+    let remote = match peer.addr {
+        Some(addr) => remote_info(addr, shared.config.reverse_lookup).await,
+        None => Remote::unix(),
+    };
+    span.record("remote", remote.host.as_str());
+    (id, remote)
+}
+
+/// The program for a path, or the 404/403 answer.
+pub(crate) fn resolve_route(
+    config: &Config,
+    path: &str,
+    span: &tracing::Span,
+) -> Result<route::Route, Refused> {
+    match route::resolve(config, path) {
+        Ok(r) => {
+            span.record("command", r.program.to_string_lossy().as_ref());
+            Ok(r)
+        }
+        Err(RouteError::NotFound) => {
+            crate::access!("session", "NOT FOUND: script not found");
+            Err(Box::new(refuse(
+                config,
+                StatusCode::NOT_FOUND,
+                "no program for this path",
+            )))
+        }
+        Err(RouteError::NotExecutable) => {
+            crate::error!(
+                "session",
+                "FORBIDDEN: the script for this path is not executable"
+            );
+            Err(Box::new(refuse(
+                config,
+                StatusCode::FORBIDDEN,
+                "the program for this path is not executable",
+            )))
+        }
+    }
+}
+
+/// `--origin` / `--sameorigin`, or the 403 answer.
+pub(crate) fn check_origin<B>(
+    config: &Config,
+    req: &Request<B>,
+    host: &str,
+    span: &tracing::Span,
+) -> Result<(), Refused> {
     let origin_header = req
         .headers()
         .get(header::ORIGIN)
@@ -365,14 +507,65 @@ async fn upgrade(
     span.record("origin", origin.as_str());
     if let Err(refused) = crate::origin::check(&origin, host, config) {
         crate::access!("session", "{}", refused.0);
-        return refuse(config, StatusCode::FORBIDDEN, "origin not allowed");
+        return Err(Box::new(refuse(
+            config,
+            StatusCode::FORBIDDEN,
+            "origin not allowed",
+        )));
     }
+    Ok(())
+}
 
-    let upgrade = hyper::upgrade::on(&mut req);
-    let (parts, _body) = req.into_parts();
-    let env = cgi_env::build(config, &parts, &remote, &route.script, &id);
-    let child = match ChildProcess::spawn(&route.program, &route.args, env) {
-        Ok(c) => c,
+/// The program a connection talks to.
+pub(crate) enum Program {
+    Own(Box<ChildProcess>),
+    Shared(Subscription),
+}
+
+/// Starts the connection's program, or joins its route's shared one with `--broadcast`.
+/// `permit` is the fork slot taken already (per connection); a shared program takes its own.
+pub(crate) fn start_program(
+    shared: &Arc<Shared>,
+    parts: &hyper::http::request::Parts,
+    remote: &Remote,
+    route: &route::Route,
+    id: &str,
+    last_event_id: Option<u64>,
+) -> Result<Program, Refused> {
+    let config = &shared.config;
+    let span = tracing::Span::current();
+    let env = || cgi_env::build(config, parts, remote, &route.script, id);
+    let started = if config.broadcast {
+        match shared.hubs.subscribe(
+            &route.program,
+            &route.args,
+            env,
+            || take_fork(shared).ok(),
+            last_event_id,
+        ) {
+            Ok(sub) => {
+                span.record("pid", sub.pid().to_string().as_str());
+                return Ok(Program::Shared(sub));
+            }
+            Err(SubscribeError::NoFork) => {
+                return Err(Box::new(refuse(
+                    config,
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "too many connections: the server's --maxforks limit is reached",
+                )))
+            }
+            Err(SubscribeError::Spawn(e)) => Err(e),
+        }
+    } else {
+        ChildProcess::spawn(&route.program, &route.args, env()).map(|c| Program::Own(Box::new(c)))
+    };
+    match started {
+        Ok(program) => {
+            if let Program::Own(child) = &program {
+                span.record("pid", child.pid().to_string().as_str());
+            }
+            Ok(program)
+        }
         Err(e) if crate::admission::is_exhaustion(&e) => {
             crate::error!(
                 "process",
@@ -386,7 +579,7 @@ async fn upgrade(
             );
             resp.headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-            return resp;
+            Err(Box::new(resp))
         }
         Err(e) => {
             crate::error!(
@@ -394,42 +587,13 @@ async fn upgrade(
                 "Could not launch process {} ({e})",
                 route.program.display()
             );
-            return refuse(
+            Err(Box::new(refuse(
                 config,
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "the program could not be started",
-            );
+            )))
         }
-    };
-    span.record("pid", child.pid().to_string().as_str());
-
-    let ws_config = WebSocketConfig::default()
-        .read_buffer_size(WS_READ_BUFFER)
-        .write_buffer_size(WS_WRITE_BUFFER)
-        .max_message_size(config.max_message)
-        // Without a limit, still refuse a frame length with its top bit set (1002), rather
-        // than waiting for 2^63 bytes.
-        .max_frame_size(Some(config.max_message.unwrap_or(i64::MAX as usize)));
-    let session = Session {
-        config: config.clone(),
-        child,
-        shutdown: shared.shutdown.clone(),
-        permit,
-        socket_fd: peer.fd,
-    };
-    session::spawn_after_upgrade(&shared.tracker, upgrade, session, ws_config, span.clone());
-
-    let mut resp = Response::new(Full::new(Bytes::new()));
-    *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
-    let h = resp.headers_mut();
-    h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-    h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
-    if let Ok(accept) = HeaderValue::from_str(&derive_accept_key(key.as_bytes())) {
-        h.insert(header::SEC_WEBSOCKET_ACCEPT, accept);
     }
-    add_headers(h, &config.headers);
-    add_headers(h, &config.headers_ws);
-    resp
 }
 
 /// A Sec-WebSocket-Key must be base64 for exactly 16 bytes: 22 characters and "==".

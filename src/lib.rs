@@ -12,6 +12,7 @@
 //! two, cutting output into messages with [`framing`].
 
 pub mod admission;
+pub mod broadcast;
 pub mod cgi_env;
 pub mod child;
 pub mod cli;
@@ -24,6 +25,7 @@ pub mod origin;
 pub mod route;
 pub mod server;
 pub mod session;
+pub mod sse;
 
 /// The text `--license` prints.
 pub const LICENSE: &str = include_str!("../LICENSE");

@@ -74,6 +74,7 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         shutdown.clone(),
         tracker.clone(),
     ));
+    http::start_at_boot(&shared);
     let mut accept_loops = Vec::new();
     for listener in listeners {
         match &listener {

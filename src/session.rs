@@ -34,10 +34,13 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+use crate::broadcast::Subscription;
 use crate::child::{ChildProcess, Exit};
 use crate::config::Config;
-use crate::framing::{self, LineSplitter, READ_CHUNK};
+use crate::framing::{self, LineSplitter};
 
+/// Most queued broadcast messages sent with one flush.
+const FEED_BATCH: usize = 64;
 /// Client messages waiting for the child's stdin. Small: the point is to let the socket stall.
 const STDIN_QUEUE: usize = 8;
 /// Stdin writes are batched up to this size when several messages are waiting.
@@ -58,7 +61,7 @@ const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 const STDERR_DRAIN: Duration = Duration::from_millis(200);
 
 pub type Ws = WebSocketStream<TokioIo<Upgraded>>;
-type Sink = SplitSink<Ws, Message>;
+pub(crate) type Sink = SplitSink<Ws, Message>;
 
 /// Message and byte counts, for the DISCONNECT log line.
 #[derive(Default)]
@@ -69,6 +72,20 @@ struct Stats {
     bytes_out: AtomicU64,
     /// Milliseconds since the session started when the client was last heard from.
     last_seen_ms: AtomicU64,
+}
+
+impl Stats {
+    fn log_disconnect(&self, started: Instant, program: &str) {
+        crate::access!(
+            "session",
+            "DISCONNECT after {:.3}s, {program}, in {} msgs / {} bytes, out {} msgs / {} bytes",
+            started.elapsed().as_secs_f64(),
+            self.msgs_in.load(Ordering::Relaxed),
+            self.bytes_in.load(Ordering::Relaxed),
+            self.msgs_out.load(Ordering::Relaxed),
+            self.bytes_out.load(Ordering::Relaxed),
+        );
+    }
 }
 
 /// A connection that has been upgraded, with its child already running.
@@ -102,6 +119,8 @@ enum End {
     SendFailed(String),
     PeerDead,
     Shutdown,
+    /// A broadcast subscriber fell `--send-queue` messages behind.
+    TooSlow,
 }
 
 impl Session {
@@ -202,6 +221,7 @@ impl Session {
                 crate::trace!("websocket", "cannot send: {why}");
                 self.child.terminate(grace).await
             }
+            End::TooSlow => self.child.terminate(grace).await,
             End::PeerDead => {
                 crate::access!("session", "no answer to pings: dropping the connection");
                 let (_, exit) = tokio::join!(
@@ -231,19 +251,107 @@ impl Session {
         drop(self.permit.take());
 
         let exit = exit.map_or_else(|| "unknown".to_string(), |e| e.to_string());
-        crate::access!(
-            "session",
-            "DISCONNECT after {:.3}s, {exit}, in {} msgs / {} bytes, out {} msgs / {} bytes",
-            started.elapsed().as_secs_f64(),
-            stats.msgs_in.load(Ordering::Relaxed),
-            stats.bytes_in.load(Ordering::Relaxed),
-            stats.msgs_out.load(Ordering::Relaxed),
-            stats.bytes_out.load(Ordering::Relaxed),
-        );
+        stats.log_disconnect(started, &exit);
     }
 }
 
-fn close_frame(code: CloseCode, reason: &str) -> CloseFrame {
+/// A connection to a `--broadcast` hub: the shared program's output from the subscription's
+/// queue, client messages to the shared stdin.
+pub struct SharedSession {
+    pub config: Arc<Config>,
+    pub subscription: Subscription,
+    pub shutdown: CancellationToken,
+    pub socket_fd: std::os::fd::RawFd,
+}
+
+impl SharedSession {
+    pub async fn run(mut self, ws: Ws) {
+        let started = Instant::now();
+        let stats = Arc::new(Stats::default());
+        crate::access!("session", "CONNECT");
+        let (mut sink, stream) = ws.split();
+        let mut reader = tokio::spawn(
+            read_client(
+                stream,
+                self.subscription.stdin(),
+                self.config.binary,
+                stats.clone(),
+                started,
+                self.socket_fd,
+            )
+            .in_current_span(),
+        );
+        let mut pinger = Pinger::new(self.config.ping_interval);
+        let replay: Vec<Message> = self.subscription.replay.drain(..).map(|i| i.1).collect();
+        let mut end = match send_batch(&mut sink, replay, &stats).await {
+            Ok(()) => None,
+            Err(e) => Some(End::SendFailed(e.to_string())),
+        };
+        while end.is_none() {
+            end = tokio::select! {
+                biased;
+                _ = self.shutdown.cancelled() => Some(End::Shutdown),
+                _ = self.subscription.kicked.cancelled() => Some(End::TooSlow),
+                r = &mut reader => Some(End::Client(r.unwrap_or_else(|e| ClientEnd::Gone(e.to_string())))),
+                item = self.subscription.rx.recv() => match item {
+                    Some((_, first)) => {
+                        let mut batch = vec![first];
+                        while batch.len() < FEED_BATCH {
+                            match self.subscription.rx.try_recv() {
+                                Ok((_, more)) => batch.push(more),
+                                Err(_) => break,
+                            }
+                        }
+                        send_batch(&mut sink, batch, &stats).await.err().map(|e| End::SendFailed(e.to_string()))
+                    }
+                    None => Some(End::ChildDone(None)),
+                },
+                _ = Pinger::tick(&mut pinger) => match &pinger {
+                    Some(p) => p.ping(&mut sink, &stats, started).await,
+                    None => None,
+                },
+            };
+        }
+        let frame = match end.expect("the loop ends with a reason") {
+            End::ChildDone(_) => Some(
+                self.subscription
+                    .end_frame()
+                    .unwrap_or_else(|| close_frame(CloseCode::Error, "the program ended")),
+            ),
+            End::TooSlow => Some(close_frame(
+                CloseCode::Again,
+                "too slow: fell --send-queue messages behind",
+            )),
+            End::Client(ClientEnd::Failed(code, why)) => {
+                crate::access!("session", "closing with {}: {why}", u16::from(code));
+                Some(close_frame(code, &why))
+            }
+            End::Client(_) | End::SendFailed(_) => None,
+            End::PeerDead => {
+                crate::access!("session", "no answer to pings: dropping the connection");
+                Some(close_frame(CloseCode::Away, "ping timeout"))
+            }
+            End::Shutdown => Some(close_frame(CloseCode::Away, "server shutting down")),
+        };
+        if let Some(frame) = frame {
+            if send_close(&mut sink, frame).await && !reader.is_finished() {
+                let _ = tokio::time::timeout(CLOSE_TIMEOUT, &mut reader).await;
+            }
+        }
+        reader.abort();
+        drop(sink);
+        let ended = self.subscription.end_frame();
+        drop(self.subscription);
+        let program = match ended {
+            Some(f) if f.code == CloseCode::Normal => "shared program: exit status 0".to_string(),
+            Some(f) => format!("shared program: {}", f.reason),
+            None => "shared program still running".to_string(),
+        };
+        stats.log_disconnect(started, &program);
+    }
+}
+
+pub(crate) fn close_frame(code: CloseCode, reason: &str) -> CloseFrame {
     // A close reason is limited to 123 bytes.
     let mut end = reason.len().min(123);
     while !reason.is_char_boundary(end) {
@@ -263,6 +371,51 @@ async fn send_close(sink: &mut Sink, frame: CloseFrame) -> bool {
     )
 }
 
+/// `--pingms`: when to ping, and whether the peer has gone silent.
+pub(crate) struct Pinger {
+    interval: tokio::time::Interval,
+    every: Duration,
+}
+
+impl Pinger {
+    pub(crate) fn new(every: Option<Duration>) -> Option<Pinger> {
+        every.map(|every| {
+            let mut interval = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+            interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            Pinger { interval, every }
+        })
+    }
+
+    /// Waits for the next ping time; pending forever without `--pingms`.
+    pub(crate) async fn tick(pinger: &mut Option<Pinger>) {
+        match pinger {
+            Some(p) => {
+                p.interval.tick().await;
+            }
+            None => std::future::pending().await,
+        }
+    }
+
+    /// Whether the client has been silent for two intervals.
+    fn peer_dead(&self, stats: &Stats, started: Instant) -> bool {
+        let silent_ms = (started.elapsed().as_millis() as u64)
+            .saturating_sub(stats.last_seen_ms.load(Ordering::Relaxed));
+        silent_ms > 2 * self.every.as_millis() as u64
+    }
+
+    /// At a tick: drops a silent peer, pings the others.
+    async fn ping(&self, sink: &mut Sink, stats: &Stats, started: Instant) -> Option<End> {
+        if self.peer_dead(stats, started) {
+            return Some(End::PeerDead);
+        }
+        crate::trace!("websocket", "ping");
+        match sink.send(Message::Ping(Bytes::new())).await {
+            Ok(()) => None,
+            Err(e) => Some(End::SendFailed(e.to_string())),
+        }
+    }
+}
+
 /// Child output → client. Returns when the output has ended (and, with `--passstderr`, stderr
 /// too), or on a failure to send, or when the peer stopped answering pings.
 async fn pump_output(
@@ -274,59 +427,26 @@ async fn pump_output(
     stats: &Stats,
     started: Instant,
 ) -> End {
-    let mut stdout = stdout;
-    let mut lines = LineSplitter::new(config.max_line_bytes);
-    let mut binary_buf = BytesMut::new();
+    let mut stdout =
+        stdout.map(|out| framing::Output::new(out, config.binary, config.max_line_bytes));
+    let mut encoder = Encoder::new(config);
     let mut exit: Option<Exit> = None;
-    let mut warned_utf8 = false;
-    let mut warned_split = false;
     let drain_deadline = tokio::time::sleep(Duration::from_secs(86400));
     tokio::pin!(drain_deadline);
-    let mut ping = config.ping_interval.map(|every| {
-        let mut iv = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
-        iv.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        (iv, every)
-    });
+    let mut pinger = Pinger::new(config.ping_interval);
 
     loop {
         if stdout.is_none() && stderr_rx.is_none() {
             return End::ChildDone(exit);
         }
         tokio::select! {
-            read = async {
-                let out = stdout.as_mut().expect("guarded by the select condition");
-                if config.binary {
-                    binary_buf.reserve(READ_CHUNK);
-                    out.read_buf(&mut binary_buf).await
-                } else {
-                    out.read_buf(lines.buffer()).await
-                }
+            (payloads, ended) = async {
+                stdout.as_mut().expect("guarded by the select condition").read().await
             }, if stdout.is_some() => {
-                let n = match read {
-                    Ok(n) => n,
-                    Err(e) => {
-                        crate::error!("process", "Unexpected error while reading STDOUT from process: {e}");
-                        0
-                    }
-                };
-                let mut batch = Vec::new();
-                if config.binary {
-                    if n > 0 {
-                        batch.push(Message::Binary(binary_buf.split().freeze()));
-                    }
-                } else {
-                    for line in lines.take_lines(n == 0) {
-                        batch.push(text_message(line, config.pass_stderr, &mut warned_utf8));
-                    }
-                    if lines.split_happened && !warned_split {
-                        warned_split = true;
-                        crate::error!("process", "a line longer than --max-line-bytes ({}) was sent in pieces", config.max_line_bytes);
-                    }
-                }
-                if n == 0 {
-                    crate::debug!("process", "Process STDOUT closed");
+                if ended {
                     stdout = None;
                 }
+                let batch = payloads.into_iter().map(|p| encoder.message(p)).collect();
                 if let Err(e) = send_batch(sink, batch, stats).await {
                     return End::SendFailed(e.to_string());
                 }
@@ -355,17 +475,39 @@ async fn pump_output(
                 crate::debug!("process", "the process exited but its output is still open (a background process?); ending");
                 return End::ChildDone(exit);
             }
-            _ = async { ping.as_mut().expect("guarded by the select condition").0.tick().await }, if ping.is_some() => {
-                let every = ping.as_ref().map(|p| p.1).unwrap_or_default();
-                let silent_ms = (started.elapsed().as_millis() as u64).saturating_sub(stats.last_seen_ms.load(Ordering::Relaxed));
-                if silent_ms > 2 * every.as_millis() as u64 {
-                    return End::PeerDead;
-                }
-                crate::trace!("websocket", "ping");
-                if let Err(e) = sink.send(Message::Ping(Bytes::new())).await {
-                    return End::SendFailed(e.to_string());
+            _ = Pinger::tick(&mut pinger) => {
+                if let Some(p) = &pinger {
+                    if let Some(end) = p.ping(sink, stats, started).await {
+                        return end;
+                    }
                 }
             }
+        }
+    }
+}
+
+/// Output payloads → WebSocket messages: binary as they are, text with invalid UTF-8 replaced
+/// (warned about once), or `--passstderr`'s tagged JSON.
+pub(crate) struct Encoder {
+    binary: bool,
+    tagged: bool,
+    warned_utf8: bool,
+}
+
+impl Encoder {
+    pub(crate) fn new(config: &Config) -> Encoder {
+        Encoder {
+            binary: config.binary,
+            tagged: config.pass_stderr,
+            warned_utf8: false,
+        }
+    }
+
+    pub(crate) fn message(&mut self, payload: Bytes) -> Message {
+        if self.binary {
+            Message::Binary(payload)
+        } else {
+            text_message(payload, self.tagged, &mut self.warned_utf8)
         }
     }
 }
@@ -494,7 +636,7 @@ async fn read_client(
 
 /// A client message on its way to stdin. The newline is kept apart from the data so that a
 /// large message is written as it arrived, never copied.
-struct StdinItem {
+pub(crate) struct StdinItem {
     data: Bytes,
     newline: bool,
 }
@@ -546,7 +688,7 @@ fn classify(e: WsError) -> ClientEnd {
 }
 
 /// Queue → child's stdin, batching small messages that are waiting into one write.
-async fn write_stdin(mut stdin: ChildStdin, mut rx: mpsc::Receiver<StdinItem>) {
+pub(crate) async fn write_stdin(mut stdin: ChildStdin, mut rx: mpsc::Receiver<StdinItem>) {
     let mut batch = BytesMut::new();
     let mut next = rx.recv().await;
     while let Some(item) = next.take() {
@@ -599,7 +741,11 @@ async fn write_item(stdin: &mut ChildStdin, item: &StdinItem) -> std::io::Result
 
 /// The child's stderr: each line is logged, and with `--passstderr` also queued for the
 /// client as tagged JSON.
-async fn pump_stderr(mut stderr: ChildStderr, tx: Option<mpsc::Sender<String>>, max_line: usize) {
+pub(crate) async fn pump_stderr(
+    mut stderr: ChildStderr,
+    tx: Option<mpsc::Sender<String>>,
+    max_line: usize,
+) {
     let mut lines = LineSplitter::new(max_line);
     loop {
         let n = match stderr.read_buf(lines.buffer()).await {
@@ -628,17 +774,24 @@ async fn pump_stderr(mut stderr: ChildStderr, tx: Option<mpsc::Sender<String>>, 
     }
 }
 
+/// What runs on an upgraded connection.
+pub enum Bridge {
+    /// A program of its own.
+    Own(Box<Session>),
+    /// A `--broadcast` hub's shared program.
+    Shared(SharedSession),
+}
+
 /// Starts a session on an upgraded connection once the upgrade completes.
 pub fn spawn_after_upgrade(
     tracker: &tokio_util::task::TaskTracker,
     upgrade: hyper::upgrade::OnUpgrade,
-    session: Session,
+    bridge: Bridge,
     ws_config: tokio_tungstenite::tungstenite::protocol::WebSocketConfig,
     span: tracing::Span,
 ) -> JoinHandle<()> {
     tracker.spawn(
         async move {
-            let mut session = session;
             match upgrade.await {
                 Ok(upgraded) => {
                     let ws = WebSocketStream::from_raw_socket(
@@ -647,11 +800,16 @@ pub fn spawn_after_upgrade(
                         Some(ws_config),
                     )
                     .await;
-                    session.run(ws).await;
+                    match bridge {
+                        Bridge::Own(session) => session.run(ws).await,
+                        Bridge::Shared(session) => session.run(ws).await,
+                    }
                 }
                 Err(e) => {
                     crate::access!("session", "upgrade failed: {e}");
-                    session.child.terminate(session.config.close_grace).await;
+                    if let Bridge::Own(mut session) = bridge {
+                        session.child.terminate(session.config.close_grace).await;
+                    }
                 }
             }
         }

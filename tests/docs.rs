@@ -77,6 +77,7 @@ fn extra_sections() -> Roff {
         ("1002", "A protocol violation: an unmasked client frame, reserved bits or opcodes, a bad fragment sequence, \
          a fragmented or oversized control frame, a 64-bit length with its top bit set."),
         ("1007", "Invalid UTF-8 in a text message, as soon as the bad fragment arrives."),
+        ("1013", "With --broadcast, a client that fell --send-queue messages behind the shared program (an event stream just ends)."),
     ] {
         r.control("TP", []);
         r.text([bold(what)]);

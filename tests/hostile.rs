@@ -637,6 +637,21 @@ fn set_fd_limit(pid: u32, value: u64) {
     assert_eq!(rc, 0, "prlimit: {}", std::io::Error::last_os_error());
 }
 
+/// wsd's open descriptors once the last session's teardown is over.
+fn settled_fd_count(pid: u32) -> u64 {
+    assert!(wait_until(SECS5, || children_of(pid).is_empty()));
+    let mut last = fd_count(pid);
+    for _ in 0..20 {
+        std::thread::sleep(Duration::from_millis(50));
+        let now = fd_count(pid);
+        if now == last {
+            break;
+        }
+        last = now;
+    }
+    last as u64
+}
+
 /// A response header's value, whatever the case of its name.
 fn header<'a>(response: &'a str, name: &str) -> Option<&'a str> {
     response.lines().find_map(|l| {
@@ -650,7 +665,7 @@ async fn out_of_file_descriptors_new_connections_get_503_and_service_recovers_by
     let wsd = Wsd::start(&["--max-pending=0", "cat"]);
     assert_served(&wsd).await;
     let pid = wsd.pid();
-    let base = fd_count(pid) as u64;
+    let base = settled_fd_count(pid);
     set_fd_limit(pid, base + 4);
 
     // Idle connections use up the descriptors; the next ones are answered 503.
@@ -662,6 +677,7 @@ async fn out_of_file_descriptors_new_connections_get_503_and_service_recovers_by
     for _ in 0..3 {
         let response = raw_http(wsd.port, &upgrade_request("/", ""));
         statuses.push(status_of(&response));
+        assert_eq!(statuses.last(), Some(&503), "{response}");
         if statuses.len() == 1 {
             assert_eq!(header(&response, "retry-after"), Some("1"), "{response}");
         }
@@ -690,7 +706,7 @@ async fn when_a_programs_pipes_cannot_be_opened_the_upgrade_gets_503_and_service
     let wsd = Wsd::start(&["cat"]);
     assert_served(&wsd).await;
     let pid = wsd.pid();
-    let base = fd_count(pid) as u64;
+    let base = settled_fd_count(pid);
     // Room for the connection's socket, not for the three pipes of a program.
     set_fd_limit(pid, base + 3);
     let response = raw_http(wsd.port, &upgrade_request("/", ""));
