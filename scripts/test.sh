@@ -6,8 +6,8 @@
 #   4. tests/python/test_clients.py: the README's examples through a real Python client
 #   5. tests/autobahn/run.py: the Autobahn TestSuite's cases (PyPI `kosoku`) against `wsd cat`,
 #      text and binary mode; differences must all be listed in tests/autobahn/expected-differences.txt
-#   6. tests/browser/live_feed.py: scripts/live-feed.html in headless Chromium (WebSocket and
-#      EventSource against --broadcast --sse)
+#   6. tests/browser/: scripts/live-feed.html (WebSocket and EventSource against --broadcast --sse)
+#      and the --devconsole page in headless Chromium
 #   7. websocketd's own integration suite against wsd, when WEBSOCKETD_SRC names a websocketd
 #      git checkout; failures must all be listed in tests/peer-suite-expected-failures.txt
 # Exit status 0 only if every step that ran passed.
@@ -156,7 +156,9 @@ else
   step "cargo test --release" cargo test --release
   step "python clients" python_clients
   step "autobahn" "$VENV/bin/python" tests/autobahn/run.py target/release/wsd "$VENV/bin/kosoku" target/autobahn
-  step "browser" "$VENV/bin/python" tests/browser/live_feed.py target/release/wsd "$(command -v chromium || echo chromium-not-installed)"
+  chromium_bin=$(command -v chromium || echo chromium-not-installed)
+  step "browser: live feed" "$VENV/bin/python" tests/browser/live_feed.py target/release/wsd "$chromium_bin"
+  step "browser: dev console" "$VENV/bin/python" tests/browser/devconsole.py target/release/wsd "$chromium_bin"
   if [ -n "${WEBSOCKETD_SRC:-}" ]; then
     step "peer suite" peer_suite
   else

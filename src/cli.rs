@@ -252,27 +252,31 @@ pub struct Cli {
           help_heading = "Logging")]
     pub loglevel: LogLevel,
 
-    /// Serve static files from DIR over plain HTTP (not yet supported by wsd).
-    #[arg(
-        long,
-        value_name = "DIR",
-        help_heading = "HTTP side (not yet supported)"
-    )]
+    /// Serve the files in DIR over plain HTTP (GET and HEAD, with Content-Type, Last-Modified,
+    /// conditional requests and ranges; index.html for a directory). Nothing outside DIR is
+    /// reachable, through `..` or symlinks. WebSocket upgrades still go to the program; COMMAND
+    /// may be left out.
+    #[arg(long, value_name = "DIR", help_heading = "HTTP side")]
     pub staticdir: Option<String>,
 
-    /// Serve CGI scripts from DIR over plain HTTP (not yet supported by wsd).
-    #[arg(
-        long,
-        value_name = "DIR",
-        help_heading = "HTTP side (not yet supported)"
-    )]
+    /// Run the CGI/1.1 scripts in DIR for plain HTTP requests to their paths: the request body
+    /// streams to the script's stdin, its header block becomes the response, its output
+    /// streams back. Scripts get the same environment as WebSocket programs. COMMAND may be
+    /// left out.
+    #[arg(long, value_name = "DIR", help_heading = "HTTP side")]
     pub cgidir: Option<String>,
 
-    /// Answer plain GET requests with an interactive test page (not yet supported by wsd).
+    /// A CGI script that sends no output for MS milliseconds (before or after its headers) is
+    /// killed; before its headers the client gets 504.
+    #[arg(long = "cgi-timeout-ms", value_name = "MS", default_value_t = 30_000,
+          value_parser = parse_positive_u64, help_heading = "HTTP side")]
+    pub cgi_timeout_ms: u64,
+
+    /// Answer every plain HTTP request with an interactive page for trying the WebSocket
+    /// endpoint from a browser. Not with --staticdir or --cgidir.
     #[arg(long, value_name = "BOOL", num_args = 0..=1, require_equals = true,
           default_missing_value = "true", value_parser = parse_go_bool, action = ArgAction::Set,
-          default_value = "false", hide_default_value = true,
-          help_heading = "HTTP side (not yet supported)")]
+          default_value = "false", hide_default_value = true, help_heading = "HTTP side")]
     pub devconsole: bool,
 
     /// Serve TLS (not yet supported by wsd).
@@ -339,6 +343,14 @@ fn parse_go_bool(s: &str) -> Result<bool, String> {
 
 fn parse_positive_usize(s: &str) -> Result<usize, String> {
     match s.parse::<usize>() {
+        Ok(0) => Err("must be at least 1".to_string()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+fn parse_positive_u64(s: &str) -> Result<u64, String> {
+    match s.parse::<u64>() {
         Ok(0) => Err("must be at least 1".to_string()),
         Ok(n) => Ok(n),
         Err(e) => Err(e.to_string()),

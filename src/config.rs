@@ -44,6 +44,8 @@ pub enum Program {
     Command { path: PathBuf, args: Vec<OsString> },
     /// `--dir`: the URL path names a program inside this (canonical) directory.
     Dir(PathBuf),
+    /// No program: only `--staticdir` / `--cgidir`; upgrades get 404.
+    None,
 }
 
 /// One TCP address to listen on, as the user wrote it (host without brackets) and a port.
@@ -84,6 +86,12 @@ pub struct Config {
     pub close_grace: Duration,
     pub max_header_bytes: usize,
     pub broadcast: bool,
+    /// `--staticdir`, canonical.
+    pub static_dir: Option<PathBuf>,
+    /// `--cgidir`, canonical.
+    pub cgi_dir: Option<PathBuf>,
+    pub cgi_timeout: Duration,
+    pub dev_console: bool,
     pub linger: Linger,
     pub send_queue: usize,
     pub replay: usize,
@@ -109,9 +117,6 @@ impl Config {
     /// Validates the parsed command line.
     pub fn from_cli(cli: Cli) -> Result<Config, ConfigError> {
         for (set, flag) in [
-            (cli.staticdir.is_some(), "--staticdir"),
-            (cli.cgidir.is_some(), "--cgidir"),
-            (cli.devconsole, "--devconsole"),
             (cli.ssl, "--ssl"),
             (cli.sslcert.is_some(), "--sslcert"),
             (cli.sslkey.is_some(), "--sslkey"),
@@ -120,7 +125,7 @@ impl Config {
         ] {
             if set {
                 return Err(ConfigError::flag(format!(
-                    "{flag} is not yet supported by wsd (static files, CGI, the dev console and TLS are planned)"
+                    "{flag} is not yet supported by wsd (TLS is planned)"
                 )));
             }
         }
@@ -154,23 +159,38 @@ impl Config {
             ));
         }
 
-        let program = match (cli.command.split_first(), &cli.dir) {
-            (Some(_), Some(_)) => {
-                return Err(ConfigError::usage(
-                    "ambiguous: provided COMMAND and --dir argument, please only specify one",
-                ))
-            }
-            (Some((cmd, args)), None) => Program::Command {
-                path: resolve_command(cmd)?,
-                args: args.to_vec(),
-            },
-            (None, Some(dir)) => Program::Dir(resolve_dir(dir)?),
-            (None, None) => {
-                return Err(ConfigError::usage(
-                    "Please specify COMMAND or provide --dir argument.",
-                ))
-            }
-        };
+        let program =
+            match (cli.command.split_first(), &cli.dir) {
+                (Some(_), Some(_)) => {
+                    return Err(ConfigError::usage(
+                        "ambiguous: provided COMMAND and --dir argument, please only specify one",
+                    ))
+                }
+                (Some((cmd, args)), None) => Program::Command {
+                    path: resolve_command(cmd)?,
+                    args: args.to_vec(),
+                },
+                (None, Some(dir)) => Program::Dir(resolve_dir(dir)?),
+                (None, None) if cli.staticdir.is_some() || cli.cgidir.is_some() => Program::None,
+                (None, None) => return Err(ConfigError::usage(
+                    "Please specify COMMAND or provide --dir, --staticdir or --cgidir argument.",
+                )),
+            };
+        if cli.devconsole && (cli.staticdir.is_some() || cli.cgidir.is_some()) {
+            return Err(ConfigError::flag(
+                "--devconsole cannot be used with --staticdir or --cgidir: pick one",
+            ));
+        }
+        let static_dir = cli
+            .staticdir
+            .as_deref()
+            .map(|d| http_dir("--staticdir", d))
+            .transpose()?;
+        let cgi_dir = cli
+            .cgidir
+            .as_deref()
+            .map(|d| http_dir("--cgidir", d))
+            .transpose()?;
 
         let unix_socket = cli.unixsocket.as_ref().map(PathBuf::from);
         if unix_socket
@@ -223,6 +243,10 @@ impl Config {
             close_grace: Duration::from_millis(cli.closems),
             max_header_bytes: cli.max_header_bytes,
             broadcast: cli.broadcast,
+            static_dir,
+            cgi_dir,
+            cgi_timeout: Duration::from_millis(cli.cgi_timeout_ms),
+            dev_console: cli.devconsole,
             linger: match cli.linger_ms {
                 -1 => Linger::Forever,
                 ms => Linger::For(Duration::from_millis(ms as u64)),
@@ -290,6 +314,20 @@ fn resolve_dir(dir: &str) -> Result<PathBuf, ConfigError> {
     }
     std::fs::canonicalize(dir)
         .map_err(|e| ConfigError::flag(format!("--dir: cannot resolve '{dir}': {e}")))
+}
+
+/// A directory served over HTTP, made canonical (so that symlinks can be checked against it).
+fn http_dir(flag: &str, dir: &str) -> Result<PathBuf, ConfigError> {
+    match std::fs::metadata(dir) {
+        Ok(m) if m.is_dir() => std::fs::canonicalize(dir)
+            .map_err(|e| ConfigError::flag(format!("{flag}: cannot resolve '{dir}': {e}"))),
+        Ok(_) => Err(ConfigError::flag(format!(
+            "{flag}: '{dir}' is not a directory"
+        ))),
+        Err(e) => Err(ConfigError::flag(format!(
+            "{flag}: could not find directory '{dir}': {e}"
+        ))),
+    }
 }
 
 /// The `--passenv` variables that are set, with newlines flattened as websocketd does.

@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http_body_util::Full;
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderValue};
 use hyper::{Request, Response, StatusCode};
@@ -100,8 +100,15 @@ pub struct Peer {
     pub fd: std::os::fd::RawFd,
 }
 
-/// A response body: a whole one, or a Server-Sent Events stream.
-pub type Body = http_body_util::Either<Full<Bytes>, crate::sse::EventStream>;
+/// A response body: a whole one, an event stream, a file, or a CGI script's output.
+pub type Body = http_body_util::combinators::UnsyncBoxBody<Bytes, std::io::Error>;
+
+/// A body of these bytes.
+pub(crate) fn full(bytes: impl Into<Bytes>) -> Body {
+    Full::new(bytes.into())
+        .map_err(|never| match never {})
+        .boxed_unsync()
+}
 
 /// Answers one request.
 pub async fn handle(
@@ -146,6 +153,21 @@ pub async fn handle(
         crate::sse::respond(&shared, &peer, &host, req)
             .instrument(span)
             .await
+    } else if shared.config.dev_console {
+        span.in_scope(|| crate::devconsole::page(&shared.config, &url.replacen("http", "ws", 1)))
+    } else if let Some(script) = shared
+        .config
+        .cgi_dir
+        .as_deref()
+        .and_then(|dir| crate::cgi::resolve(dir, req.uri().path()))
+    {
+        crate::cgi::serve(&shared, &peer, script, req)
+            .instrument(span)
+            .await
+    } else if let Some(dir) = shared.config.static_dir.as_deref() {
+        serve_static(&shared.config, dir, req)
+            .instrument(span)
+            .await
     } else {
         span.in_scope(|| plain(&shared, &req, &url))
     };
@@ -187,8 +209,11 @@ fn tell_url(config: &Config, scheme: &str, host: &str, path: &str) -> String {
 /// A plain HTTP request to a WebSocket server: 426, or 404 where `--dir` has no such program.
 fn plain(shared: &Shared, req: &Request<Incoming>, url: &str) -> Response<Body> {
     let config = &shared.config;
+    // With --cgidir, a path no script answers is the HTTP side's 404 (as websocketd), not a
+    // hint to upgrade.
+    let http_side = config.cgi_dir.is_some();
     match route::resolve(config, req.uri().path()) {
-        Ok(_) => {
+        Ok(_) if !http_side => {
             crate::access!("http", "426 UPGRADE REQUIRED (not a WebSocket request)");
             let ws_url = url.replacen("http", "ws", 1);
             let mut resp = text_response(
@@ -207,8 +232,11 @@ fn plain(shared: &Shared, req: &Request<Incoming>, url: &str) -> Response<Body> 
             );
             resp
         }
-        Err(e) => {
-            crate::access!("http", "NOT FOUND: {e}");
+        found => {
+            match found {
+                Err(e) => crate::access!("http", "NOT FOUND: {e}"),
+                Ok(_) => crate::access!("http", "NOT FOUND: no CGI script for this path"),
+            }
             text_response(
                 StatusCode::NOT_FOUND,
                 "404 page not found\n",
@@ -220,13 +248,44 @@ fn plain(shared: &Shared, req: &Request<Incoming>, url: &str) -> Response<Body> 
 }
 
 /// A short text answer with the configured extra headers (`--header` and `extra`).
+/// `--staticdir`: the file, or 404 (also for a path that leads outside the directory).
+async fn serve_static(
+    config: &Config,
+    dir: &std::path::Path,
+    req: Request<Incoming>,
+) -> Response<Body> {
+    let mut resp = match crate::static_files::serve(dir, req).await {
+        Some(resp) if resp.status() != StatusCode::NOT_FOUND => resp,
+        _ => {
+            let mut resp = Response::new(full("404 page not found\n"));
+            *resp.status_mut() = StatusCode::NOT_FOUND;
+            resp.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; charset=utf-8"),
+            );
+            resp
+        }
+    };
+    crate::access!("http", "STATIC {}", resp.status().as_u16());
+    let h = resp.headers_mut();
+    if !h.contains_key(header::X_CONTENT_TYPE_OPTIONS) {
+        h.insert(
+            header::X_CONTENT_TYPE_OPTIONS,
+            HeaderValue::from_static("nosniff"),
+        );
+    }
+    add_headers(h, &config.headers);
+    add_headers(h, &config.headers_http);
+    resp
+}
+
 fn text_response(
     status: StatusCode,
     body: &str,
     config: &Config,
     extra: &[ExtraHeader],
 ) -> Response<Body> {
-    let mut resp = Response::new(Body::Left(Full::new(Bytes::from(body.to_string()))));
+    let mut resp = Response::new(full(body.to_string()));
     *resp.status_mut() = status;
     let h = resp.headers_mut();
     h.insert(
@@ -249,7 +308,7 @@ pub(crate) fn add_headers(h: &mut hyper::HeaderMap, extra: &[ExtraHeader]) {
 }
 
 /// A refused upgrade: logged once, answered with `status`.
-fn refuse(config: &Config, status: StatusCode, why: &str) -> Response<Body> {
+pub(crate) fn refuse(config: &Config, status: StatusCode, why: &str) -> Response<Body> {
     let reason = status.canonical_reason().unwrap_or("");
     text_response(
         status,
@@ -370,7 +429,7 @@ async fn upgrade(
         .max_frame_size(Some(config.max_message.unwrap_or(i64::MAX as usize)));
     session::spawn_after_upgrade(&shared.tracker, upgrade, bridge, ws_config, span.clone());
 
-    let mut resp = Response::new(Body::Left(Full::new(Bytes::new())));
+    let mut resp = Response::new(full(Bytes::new()));
     *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
     let h = resp.headers_mut();
     h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));

@@ -13,12 +13,15 @@
 
 pub mod admission;
 pub mod broadcast;
+pub mod cgi;
 pub mod cgi_env;
 pub mod child;
 pub mod cli;
 pub mod config;
+pub mod devconsole;
 pub mod framing;
 pub mod http;
+pub mod lenient;
 #[macro_use]
 pub mod log;
 pub mod origin;
@@ -26,6 +29,7 @@ pub mod route;
 pub mod server;
 pub mod session;
 pub mod sse;
+pub mod static_files;
 
 /// The text `--license` prints.
 pub const LICENSE: &str = include_str!("../LICENSE");

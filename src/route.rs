@@ -42,6 +42,7 @@ pub fn resolve(config: &Config, raw_path: &str) -> Result<Route, RouteError> {
             },
         }),
         Program::Dir(dir) => resolve_in_dir(dir, &path),
+        Program::None => Err(RouteError::NotFound),
     }
 }
 

@@ -65,6 +65,13 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         Program::Dir(dir) => {
             crate::info!("server", "Serving from directory      : {}", dir.display())
         }
+        Program::None => {}
+    }
+    if let Some(dir) = &config.static_dir {
+        crate::info!("server", "Serving static content from : {}", dir.display());
+    }
+    if let Some(dir) = &config.cgi_dir {
+        crate::info!("server", "Serving CGI scripts from    : {}", dir.display());
     }
 
     let shutdown = CancellationToken::new();
@@ -331,7 +338,10 @@ where
         builder.header_read_timeout(t);
     }
     let conn = builder
-        .serve_connection(TokioIo::new(io), service)
+        .serve_connection(
+            TokioIo::new(crate::lenient::LenientTarget::new(io)),
+            service,
+        )
         .with_upgrades();
     tokio::pin!(conn);
     tokio::select! {

@@ -12,13 +12,13 @@
 //! `--broadcast` the client is one more subscriber of the route's shared program, resuming
 //! from `Last-Event-ID` within the `--replay` window.
 
-use std::convert::Infallible;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use http_body_util::BodyExt;
 use hyper::body::{Frame, Incoming};
 use hyper::header::{self, HeaderValue};
 use hyper::{Request, Response, StatusCode};
@@ -58,12 +58,12 @@ pub struct EventStream(mpsc::Receiver<Bytes>);
 
 impl hyper::body::Body for EventStream {
     type Data = Bytes;
-    type Error = Infallible;
+    type Error = std::io::Error;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
         self.0.poll_recv(cx).map(|e| e.map(|b| Ok(Frame::data(b))))
     }
 }
@@ -122,7 +122,7 @@ pub async fn respond(
         Program::Shared(sub) => shared.tracker.spawn(feed.run_shared(sub).instrument(span)),
     };
 
-    let mut resp = Response::new(Body::Right(EventStream(rx)));
+    let mut resp = Response::new(EventStream(rx).boxed_unsync());
     *resp.status_mut() = StatusCode::OK;
     let h = resp.headers_mut();
     h.insert(

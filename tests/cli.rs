@@ -721,11 +721,9 @@ fn binary_with_passstderr_is_a_usage_error_naming_both() {
 }
 
 #[test]
-fn http_side_flags_in_every_spelling_are_refused_as_not_yet_supported() {
+fn tls_flags_in_every_spelling_are_refused_as_not_yet_supported() {
     let mut cases: Vec<(&str, Vec<Vec<String>>)> = Vec::new();
     for (flag, value) in [
-        ("staticdir", "/tmp"),
-        ("cgidir", "/tmp"),
         ("sslcert", "x"),
         ("sslkey", "x"),
         ("sslca", "x"),
@@ -733,7 +731,7 @@ fn http_side_flags_in_every_spelling_are_refused_as_not_yet_supported() {
     ] {
         cases.push((flag, value_spellings(flag, value)));
     }
-    for flag in ["devconsole", "ssl"] {
+    for flag in ["ssl"] {
         cases.push((flag, true_spellings(flag)));
     }
     for (flag, spellings) in cases {
@@ -754,7 +752,7 @@ fn no_command_exits_1_with_a_message() {
     assert_eq!(code, 1, "stderr: {stderr}");
     assert_eq!(stdout, "");
     assert!(
-        stderr.contains("Please specify COMMAND or provide --dir argument."),
+        stderr.contains("Please specify COMMAND or provide --dir, --staticdir or --cgidir argument."),
         "{stderr}"
     );
 }

@@ -24,8 +24,8 @@ fn extra_sections() -> Roff {
     r.control("SH", ["EXIT STATUS"]);
     for (status, meaning) in [
         ("0", "The server was stopped by SIGINT or SIGTERM and shut down cleanly, or --help, --version or --license was given."),
-        ("1", "No COMMAND and no --dir (or no arguments at all), COMMAND cannot be found or is not executable, or both COMMAND and --dir were given."),
-        ("2", "A flag is unknown, has a bad value, conflicts with another flag (--binary with --passstderr), or is not yet supported by wsd (--staticdir, --cgidir, --devconsole, --ssl, --sslcert, --sslkey, --sslca, --redirport); or --dir names no directory."),
+        ("1", "No COMMAND and none of --dir, --staticdir, --cgidir (or no arguments at all), COMMAND cannot be found or is not executable, or both COMMAND and --dir were given."),
+        ("2", "A flag is unknown, has a bad value, conflicts with another flag (--binary with --passstderr), or is not yet supported by wsd (--ssl, --sslcert, --sslkey, --sslca, --redirport); or --dir, --staticdir or --cgidir names no directory."),
         ("3", "wsd cannot listen: the address is in use, cannot be bound, or the --unixsocket path is held by a running server."),
     ] {
         r.control("TP", []);
