@@ -731,9 +731,7 @@ fn tls_flags_in_every_spelling_are_refused_as_not_yet_supported() {
     ] {
         cases.push((flag, value_spellings(flag, value)));
     }
-    for flag in ["ssl"] {
-        cases.push((flag, true_spellings(flag)));
-    }
+    cases.push(("ssl", true_spellings("ssl")));
     for (flag, spellings) in cases {
         for spelling in spellings {
             let mut args: Vec<&str> = spelling.iter().map(String::as_str).collect();
@@ -752,7 +750,8 @@ fn no_command_exits_1_with_a_message() {
     assert_eq!(code, 1, "stderr: {stderr}");
     assert_eq!(stdout, "");
     assert!(
-        stderr.contains("Please specify COMMAND or provide --dir, --staticdir or --cgidir argument."),
+        stderr
+            .contains("Please specify COMMAND or provide --dir, --staticdir or --cgidir argument."),
         "{stderr}"
     );
 }
