@@ -10,7 +10,7 @@
 #      means wsd is better) and the issue's targets, and writes target/bench/results.json
 #
 #   scripts/bench.sh            the full run (under 10 minutes, after the one-time builds)
-#   scripts/bench.sh --quick    small counts, about a minute: checks that everything works
+#   scripts/bench.sh --quick    small counts, about a minute: checks that it all works
 #
 # Environment: BENCH_SERVER_CPU (default 1) and BENCH_LOADGEN_CPU (default 0) choose the
 # cores; BENCH_LOGLEVEL (default error) is the servers' --loglevel; BENCH_PORT (default 18100)
@@ -97,7 +97,7 @@ have_websocat() {
 # Servers: each started in a session of its own (so its process group can be signalled) and
 # pinned, with every program it starts, to SERVER_CPU.
 
-STARTED=()           # every server pid this script started, for the exit trap
+declare -A LIVE      # servers this script started and has not stopped: pid -> start time
 declare -A PID PORT  # the current set, by name
 
 # Every descendant of a pid, from one snapshot of the process table (a leaking server may
@@ -115,21 +115,44 @@ descendants() {
     }'
 }
 
+# stat_field PID N: field N of /proc/PID/stat as proc(5) numbers them (3 is the state).
+stat_field() {
+  local line fields
+  read -r line 2>/dev/null <"/proc/$1/stat" || return 1
+  # After the command name, which may hold spaces, the fields start at number 3.
+  read -r -a fields <<<"${line##*) }"
+  echo "${fields[$2 - 3]}"
+}
+
+# A process's start time, so that a pid is only signalled while it still names the process
+# it named when it was noted.
+start_time() { stat_field "$1" 22; }
+
+# True while a process runs (not gone, not a zombie waiting to be reaped).
+running() {
+  local state
+  state=$(stat_field "$1" 3) && [ "$state" != Z ]
+}
+
 listening() {
   local hex
   hex=$(printf '%04X' "$1")
   grep -q "^ *[0-9]*: 0100007F:$hex 00000000:0000 0A" /proc/net/tcp
 }
 
-# start NAME COMMAND... : runs COMMAND with its port as $PORT_ (substituted below).
+# start NAME COMMAND...: runs COMMAND, with @PORT@ in its arguments replaced by a free port,
+# and waits until it listens.
 start() {
-  local name=$1 port=$NEXT_PORT
+  local name=$1
   shift
+  while listening "$NEXT_PORT"; do NEXT_PORT=$((NEXT_PORT + 1)); done
+  local port=$NEXT_PORT
   NEXT_PORT=$((NEXT_PORT + 1))
   local args=("${@//@PORT@/$port}")
+  # setsid execs in place (a background job is no group leader), so $! is the server itself.
   setsid taskset -c "$SERVER_CPU" "${args[@]}" >>"$LOGS/$name.log" 2>&1 &
   local pid=$!
-  STARTED+=("$pid")
+  LIVE[$pid]=$(start_time "$pid" || echo gone)
   for _ in $(seq 100); do
     listening "$port" && break
     kill -0 "$pid" 2>/dev/null || break
@@ -144,22 +167,37 @@ start() {
   PORT[$name]=$port
 }
 
+# True while PID still names the process that had start time TIME (bash reaps its children
+# as they exit, so a pid may be reused before `wait`).
+same() { [ "$(start_time "$1" || true)" = "$2" ]; }
+
 # Stops one server: SIGTERM to it and its process group (wsd shuts down gracefully and stops
-# its programs itself), then SIGKILL to whatever of it and its descendants is left.
+# its programs itself; websocketd's and websocat's programs share its group), then SIGKILL to
+# whatever is left of it, its group and the descendants it had. A pid or group is only
+# signalled while it provably still belongs to what this script started.
 stop_pid() {
-  local pid=$1 kids
-  kill -0 "$pid" 2>/dev/null || { wait "$pid" 2>/dev/null || true; return 0; }
-  kids=$(descendants "$pid")
-  kill -TERM "$pid" 2>/dev/null || true
-  kill -TERM -- "-$pid" 2>/dev/null || true
+  local pid=$1 k
+  [ -n "${LIVE[$pid]:-}" ] || return 0
+  local born=${LIVE[$pid]}
+  local -A kids=()
+  for k in $(descendants "$pid"); do kids[$k]=$(start_time "$k" || echo gone); done
+  if same "$pid" "$born"; then
+    kill -TERM "$pid" 2>/dev/null || true
+    kill -TERM -- "-$pid" 2>/dev/null || true
+  fi
   for _ in $(seq 50); do
-    kill -0 "$pid" 2>/dev/null || break
+    if ! { same "$pid" "$born" && running "$pid"; }; then break; fi
     sleep 0.1
   done
-  kill -KILL -- "-$pid" 2>/dev/null || true
-  kill -KILL "$pid" 2>/dev/null || true
+  if same "$pid" "$born"; then
+    kill -KILL -- "-$pid" 2>/dev/null || true
+    kill -KILL "$pid" 2>/dev/null || true
+  fi
   wait "$pid" 2>/dev/null || true
-  for k in $kids; do kill -KILL "$k" 2>/dev/null || true; done
+  unset "LIVE[$pid]"
+  for k in "${!kids[@]}"; do
+    if same "$k" "${kids[$k]}"; then kill -KILL "$k" 2>/dev/null || true; fi
+  done
 }
 
 stop_all() {
@@ -170,7 +208,7 @@ stop_all() {
 
 cleanup() {
   local pid
-  for pid in "${STARTED[@]}"; do stop_pid "$pid"; done
+  for pid in "${!LIVE[@]}"; do stop_pid "$pid"; done
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
@@ -304,8 +342,10 @@ SERVERS+=(ceiling)
 
 # Each server and the load generator may hold as many descriptors as this machine allows.
 ulimit -n "$(ulimit -Hn)"
+loadavg() { cut -d' ' -f1-3 /proc/loadavg; }
+load_before=$(loadavg)
 say "servers on core $SERVER_CPU, load generator on core $LOADGEN_CPU; open files $(ulimit -n);" \
-  "$([ $QUICK = 1 ] && echo quick || echo full) mode"
+  "$([ $QUICK = 1 ] && echo quick || echo full) mode; load average $load_before"
 echo "ratios are wsd's advantage: above 1 means wsd is better; 'of ceiling' is wsd's share of the"
 echo "in-process server with no child process ('ceiling')"
 
@@ -316,12 +356,14 @@ for scenario in spawn churn echo_pipeline flood idle soak; do
   printf '(%s: %ss)\n' "$scenario" "$((SECONDS - t0))"
 done
 elapsed=$((SECONDS - bench_started))
+load_after=$(loadavg)
 
 "$LOADGEN" report --results "$RESULTS" --summary --json "$OUT/results.json" \
   --meta "mode=$([ $QUICK = 1 ] && echo quick || echo full)" \
   --meta "elapsed_s=$elapsed" --meta "date=$(date -u +%FT%TZ)" \
   --meta "wsd=$("$WSD" --version)" --meta "websocat=$("$WEBSOCAT" --version 2>/dev/null || true)" \
   --meta "websocketd=$(dpkg-query -W -f='${Version}' websocketd 2>/dev/null || true)" \
-  --meta "server_cpu=$SERVER_CPU" --meta "loadgen_cpu=$LOADGEN_CPU" --meta "loglevel=$LOGLEVEL"
-printf '\nbenchmark: %ss (setup and builds: %ss); results in %s\n' \
-  "$elapsed" "$((bench_started - started_at))" "$OUT/results.json"
+  --meta "server_cpu=$SERVER_CPU" --meta "loadgen_cpu=$LOADGEN_CPU" --meta "loglevel=$LOGLEVEL" \
+  --meta "loadavg_before=$load_before" --meta "loadavg_after=$load_after"
+printf '\nbenchmark: %ss (setup and builds: %ss); load average %s before, %s after; results in %s\n' \
+  "$elapsed" "$((bench_started - started_at))" "$load_before" "$load_after" "$OUT/results.json"
