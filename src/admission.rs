@@ -124,6 +124,14 @@ impl Reserve {
         true
     }
 
+    /// Takes the reserve back after a release that accepted nothing.
+    pub fn restore(&self) {
+        let mut file = self.file.lock().unwrap_or_else(|e| e.into_inner());
+        if file.is_none() {
+            *file = open_reserve();
+        }
+    }
+
     /// Answers a connection accepted with the reserve 503, then takes the reserve back.
     pub async fn refuse<S: AsyncRead + AsyncWrite + Unpin>(self: Arc<Self>, mut stream: S) {
         let n = self.refused.fetch_add(1, Ordering::Relaxed) + 1;
@@ -153,10 +161,7 @@ impl Reserve {
         })
         .await;
         drop(stream);
-        let mut file = self.file.lock().unwrap_or_else(|e| e.into_inner());
-        if file.is_none() {
-            *file = open_reserve();
-        }
+        self.restore();
     }
 
     /// Called for each connection accepted normally: logs the end of a shortage.

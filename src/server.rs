@@ -11,7 +11,6 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::FutureExt;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -25,6 +24,8 @@ use crate::admission::{Evicted, PendingSlot};
 use crate::config::{Config, Program, TcpAddr};
 use crate::http::{self, Peer, Shared};
 
+/// How long the accept that uses the reserve descriptor may take.
+const RESERVE_ACCEPT: Duration = Duration::from_millis(50);
 /// Pause after a failed accept before trying again.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
@@ -257,12 +258,17 @@ async fn accept_loop(listener: Listener, shared: Arc<Shared>) {
                 // Out of descriptors: free the reserve to take one waiting connection and
                 // answer it 503; the others wait in the listen queue for the next turn.
                 if shared.reserve.release() {
-                    if let Some(Ok((io, _))) = accept(&listener).now_or_never() {
-                        let reserve = shared.reserve.clone();
-                        match io {
-                            Stream::Tcp(s) => tokio::spawn(reserve.refuse(s)),
-                            Stream::Unix(s) => tokio::spawn(reserve.refuse(s)),
-                        };
+                    // The connection is waiting in the queue, so this accept is immediate.
+                    match tokio::time::timeout(RESERVE_ACCEPT, accept(&listener)).await {
+                        Ok(Ok((io, _))) => {
+                            let reserve = shared.reserve.clone();
+                            match io {
+                                Stream::Tcp(s) => tokio::spawn(reserve.refuse(s)),
+                                Stream::Unix(s) => tokio::spawn(reserve.refuse(s)),
+                            };
+                        }
+                        // Never leave the reserve spent on nothing.
+                        _ => shared.reserve.restore(),
                     }
                 }
                 tokio::time::sleep(ACCEPT_BACKOFF).await;

@@ -668,11 +668,20 @@ async fn out_of_file_descriptors_new_connections_get_503_and_service_recovers_by
     let base = settled_fd_count(pid);
     set_fd_limit(pid, base + 4);
 
-    // Idle connections use up the descriptors; the next ones are answered 503.
-    let hogs: Vec<TcpStream> = (0..8)
-        .map(|_| TcpStream::connect(("127.0.0.1", wsd.port)).unwrap())
-        .collect();
-    std::thread::sleep(Duration::from_millis(300));
+    // Idle connections use up the descriptors, until one is answered 503 instead of served.
+    let mut hogs: Vec<TcpStream> = Vec::new();
+    let refused = loop {
+        let mut hog = TcpStream::connect(("127.0.0.1", wsd.port)).unwrap();
+        hog.set_read_timeout(Some(Duration::from_millis(1000)))
+            .unwrap();
+        let mut buf = [0u8; 256];
+        if let Ok(n @ 1..) = hog.read(&mut buf) {
+            break String::from_utf8_lossy(&buf[..n]).into_owned();
+        }
+        hogs.push(hog);
+        assert!(hogs.len() < 12, "wsd never ran out of descriptors");
+    };
+    assert!(refused.starts_with("HTTP/1.1 503 "), "{refused}");
     let mut statuses = Vec::new();
     for _ in 0..3 {
         let response = raw_http(wsd.port, &upgrade_request("/", ""));
@@ -683,12 +692,15 @@ async fn out_of_file_descriptors_new_connections_get_503_and_service_recovers_by
         }
     }
     assert_eq!(statuses, vec![503, 503, 503]);
-    assert!(wsd
-        .wait_log(
+    assert!(
+        wsd.wait_log(
             "out of file descriptors: answering new connections 503",
             SECS5
         )
-        .is_some());
+        .is_some(),
+        "{:#?}",
+        wsd.stdout()
+    );
 
     // The hogs leave: service comes back without anyone touching wsd.
     drop(hogs);

@@ -135,7 +135,9 @@ def run_mode(mode, wsd, kosoku, outdir, expected):
                 continue
             problems.append(f"{mode} {case}: behavior={behavior} close={close}: "
                             f"{r.get('description', '')[:120]}")
-        stale = [p for p, hits in listed_hits.items() if hits == 0]
+        # Entries for races are expected to differ only sometimes.
+        races = {p for p, reason in expected[mode] if "race" in reason}
+        stale = [p for p, hits in listed_hits.items() if hits == 0 and p not in races]
         summary = ", ".join(f"{n} {b}" for b, n in sorted(counts.items()))
         listed = sum(listed_hits.values())
         print(f"autobahn {mode}: {len(results)} cases in {took:.0f} s: {summary}; "
