@@ -11,14 +11,12 @@
 //! the script's process group is stopped as for a WebSocket program.
 
 use std::path::{Path, PathBuf};
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
 use http_body_util::BodyExt;
-use hyper::body::{Frame, Incoming};
+use hyper::body::Incoming;
 use hyper::header::{HeaderName, HeaderValue};
 use hyper::{Request, Response, StatusCode};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -212,7 +210,7 @@ pub async fn serve(
         .in_current_span(),
     );
 
-    let mut resp = Response::new(OutputBody(rx).boxed_unsync());
+    let mut resp = Response::new(http::ChannelBody(rx).boxed_unsync());
     *resp.status_mut() = head.status;
     let h = resp.headers_mut();
     for (name, value) in head.headers {
@@ -298,21 +296,6 @@ async fn stream_body(
                 }
             }
         }
-    }
-}
-
-/// The script's output after its headers; ends when the sender is dropped.
-struct OutputBody(mpsc::Receiver<Bytes>);
-
-impl hyper::body::Body for OutputBody {
-    type Data = Bytes;
-    type Error = std::io::Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
-        self.0.poll_recv(cx).map(|c| c.map(|b| Ok(Frame::data(b))))
     }
 }
 

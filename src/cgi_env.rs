@@ -157,6 +157,11 @@ pub fn split_host_port(hostport: &str, tls: bool) -> Option<(String, String)> {
 /// Decodes %XX escapes; invalid escapes are kept as written (as Go's path decoding would
 /// reject them, the caller only uses this for display and lookup).
 pub fn percent_decode(s: &str) -> String {
+    percent_decode_where(s, |_| true)
+}
+
+/// Decodes the %XX escapes whose byte `decode` accepts; all else is kept as written.
+pub fn percent_decode_where(s: &str, decode: impl Fn(u8) -> bool) -> String {
     let bytes = s.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
@@ -164,9 +169,12 @@ pub fn percent_decode(s: &str) -> String {
         if bytes[i] == b'%' && i + 2 < bytes.len() {
             let hex = |b: u8| (b as char).to_digit(16);
             if let (Some(h), Some(l)) = (hex(bytes[i + 1]), hex(bytes[i + 2])) {
-                out.push((h * 16 + l) as u8);
-                i += 3;
-                continue;
+                let b = (h * 16 + l) as u8;
+                if decode(b) {
+                    out.push(b);
+                    i += 3;
+                    continue;
+                }
             }
         }
         out.push(bytes[i]);

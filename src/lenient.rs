@@ -74,25 +74,7 @@ impl<S> LenientTarget<S> {
 /// become those characters again (a client's own `%3C` too, which is as harmless, since what
 /// is shown is HTML-escaped).
 pub fn restore(target: &str) -> String {
-    let bytes = target.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' && i + 2 < bytes.len() {
-            let hex = |b: u8| (b as char).to_digit(16);
-            if let (Some(h), Some(l)) = (hex(bytes[i + 1]), hex(bytes[i + 2])) {
-                let b = (h * 16 + l) as u8;
-                if needs_escape(b) {
-                    out.push(b);
-                    i += 3;
-                    continue;
-                }
-            }
-        }
-        out.push(bytes[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
+    crate::cgi_env::percent_decode_where(target, needs_escape)
 }
 
 fn needs_escape(b: u8) -> bool {

@@ -12,14 +12,12 @@
 //! `--broadcast` the client is one more subscriber of the route's shared program, resuming
 //! from `Last-Event-ID` within the `--replay` window.
 
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::BodyExt;
-use hyper::body::{Frame, Incoming};
+use hyper::body::Incoming;
 use hyper::header::{self, HeaderValue};
 use hyper::{Request, Response, StatusCode};
 use tokio::sync::{mpsc, OwnedSemaphorePermit};
@@ -50,22 +48,6 @@ pub fn wants_events<B>(req: &Request<B>) -> bool {
             .iter()
             .filter_map(|v| v.to_str().ok())
             .any(|v| v.to_ascii_lowercase().contains("text/event-stream"))
-}
-
-/// The response body of an event stream; it ends when its sender is dropped. Dropping it (the
-/// client left) is what the sender notices through `closed()`.
-pub struct EventStream(mpsc::Receiver<Bytes>);
-
-impl hyper::body::Body for EventStream {
-    type Data = Bytes;
-    type Error = std::io::Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
-        self.0.poll_recv(cx).map(|e| e.map(|b| Ok(Frame::data(b))))
-    }
 }
 
 /// Answers an event-stream request: the same checks as an upgrade (`--maxforks`, route,
@@ -122,7 +104,7 @@ pub async fn respond(
         Program::Shared(sub) => shared.tracker.spawn(feed.run_shared(sub).instrument(span)),
     };
 
-    let mut resp = Response::new(EventStream(rx).boxed_unsync());
+    let mut resp = Response::new(http::ChannelBody(rx).boxed_unsync());
     *resp.status_mut() = StatusCode::OK;
     let h = resp.headers_mut();
     h.insert(
