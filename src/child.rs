@@ -27,6 +27,8 @@ pub struct ChildProcess {
     pid: u32,
     /// Set once `wait` has returned: the pid is then no longer ours to signal.
     reaped: bool,
+    /// Counts the program as running until it is reaped.
+    running: Option<crate::metrics::ChildRunning>,
     pub stdin: Option<ChildStdin>,
     pub stdout: Option<ChildStdout>,
     pub stderr: Option<ChildStderr>,
@@ -83,7 +85,9 @@ impl ChildProcess {
             .stderr(Stdio::piped())
             .process_group(0)
             .kill_on_drop(false);
-        let mut child = cmd.spawn()?;
+        let mut child = cmd
+            .spawn()
+            .inspect_err(|_| crate::metrics::spawn_failed())?;
         let pid = child
             .id()
             .ok_or_else(|| io::Error::other("child exited before its pid was read"))?;
@@ -94,6 +98,7 @@ impl ChildProcess {
             child,
             pid,
             reaped: false,
+            running: Some(crate::metrics::ChildRunning::start()),
         })
     }
 
@@ -105,6 +110,7 @@ impl ChildProcess {
     pub async fn wait(&mut self) -> io::Result<Exit> {
         let status = self.child.wait().await?;
         self.reaped = true;
+        self.running = None;
         Ok(Exit(status))
     }
 
