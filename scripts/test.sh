@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Everything CI checks, runnable from any directory:
-#   1. system packages the tests need (as root with apt-get, only when missing)
+#   1. system packages the tests need (as root with apt-get, only when missing): python3-venv,
+#      chromium, nginx, systemd
 #   2. a Python venv in target/venv with the `websockets` client library
 #   3. cargo fmt --check, cargo clippy -D warnings, cargo build --release, cargo test --release
 #   4. tests/python/test_clients.py: the README's examples through a real Python client
@@ -38,10 +39,12 @@ is_installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'instal
 
 install_packages() {
   if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null || ! command -v dpkg-query >/dev/null; then
-    echo "not root or no apt-get: not installing packages (needed: python3-venv chromium; for the peer suite golang-1.19-go golang-github-gorilla-websocket-dev)"
+    echo "not root or no apt-get: not installing packages (needed: python3-venv chromium nginx systemd; for the peer suite golang-1.19-go golang-github-gorilla-websocket-dev)"
     return 0
   fi
-  local wanted=(python3-venv chromium) missing=()
+  # nginx: tests/proxy.rs runs wsd behind it; systemd: systemd-socket-activate and
+  # systemd-analyze for tests/systemd.rs (neither is started as a service).
+  local wanted=(python3-venv chromium nginx systemd) missing=()
   if [ -n "${WEBSOCKETD_SRC:-}" ]; then
     wanted+=(golang-1.19-go golang-github-gorilla-websocket-dev)
   fi

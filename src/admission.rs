@@ -134,6 +134,7 @@ impl Reserve {
 
     /// Answers a connection accepted with the reserve 503, then takes the reserve back.
     pub async fn refuse<S: AsyncRead + AsyncWrite + Unpin>(self: Arc<Self>, mut stream: S) {
+        crate::metrics::rejected("503");
         let n = self.refused.fetch_add(1, Ordering::Relaxed) + 1;
         if n == 1 {
             crate::error!(

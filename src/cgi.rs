@@ -89,7 +89,7 @@ pub async fn serve(
         Ok(p) => p,
         Err(resp) => return *resp,
     };
-    let (id, remote) = http::identify(shared, peer, &span).await;
+    let (id, remote) = http::identify(shared, peer, &req, &span).await;
     let (parts, body) = req.into_parts();
     let script_name = format!(
         "/{}",

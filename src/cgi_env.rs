@@ -13,6 +13,8 @@ pub struct Remote {
     pub addr: String,
     pub host: String,
     pub port: String,
+    /// The client used https (`HTTPS=on`).
+    pub https: bool,
 }
 
 impl Remote {
@@ -22,6 +24,7 @@ impl Remote {
             addr: "unix-socket".into(),
             host: "unix-socket".into(),
             port: String::new(),
+            https: false,
         }
     }
 }
@@ -86,6 +89,9 @@ pub fn build(
     put("UNIQUE_ID", id);
     put("REMOTE_PORT", &remote.port);
     put("REQUEST_URI", request_uri);
+    if remote.https {
+        put("HTTPS", "on");
+    }
 
     // HTTP_* for every request header; repeated headers are joined with ", " as Go does.
     let mut names: Vec<&hyper::header::HeaderName> = req.headers.keys().collect();

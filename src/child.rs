@@ -27,6 +27,8 @@ pub struct ChildProcess {
     pid: u32,
     /// Set once `wait` has returned: the pid is then no longer ours to signal.
     reaped: bool,
+    /// Counts the program as running until it is reaped.
+    running: Option<crate::metrics::ChildRunning>,
     pub stdin: Option<ChildStdin>,
     pub stdout: Option<ChildStdout>,
     pub stderr: Option<ChildStderr>,
@@ -83,7 +85,18 @@ impl ChildProcess {
             .stderr(Stdio::piped())
             .process_group(0)
             .kill_on_drop(false);
-        let mut child = cmd.spawn()?;
+        // A script that is being written (or was just written by a process that has forked
+        // since) fails with ETXTBSY for a moment: try again briefly before giving up.
+        let mut tries = 0;
+        let mut child = loop {
+            match cmd.spawn() {
+                Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) && tries < 5 => {
+                    tries += 1;
+                    std::thread::sleep(Duration::from_millis(2 << tries));
+                }
+                other => break other.inspect_err(|_| crate::metrics::spawn_failed())?,
+            }
+        };
         let pid = child
             .id()
             .ok_or_else(|| io::Error::other("child exited before its pid was read"))?;
@@ -94,6 +107,7 @@ impl ChildProcess {
             child,
             pid,
             reaped: false,
+            running: Some(crate::metrics::ChildRunning::start()),
         })
     }
 
@@ -105,6 +119,7 @@ impl ChildProcess {
     pub async fn wait(&mut self) -> io::Result<Exit> {
         let status = self.child.wait().await?;
         self.reaped = true;
+        self.running = None;
         Ok(Exit(status))
     }
 

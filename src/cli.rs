@@ -12,7 +12,7 @@
 
 use std::ffi::OsString;
 
-use clap::{ArgAction, CommandFactory, Parser, ValueEnum};
+use clap::{ArgAction, CommandFactory, Parser, ValueEnum, ValueHint};
 
 /// Largest child-output line sent as one message, before it is split (wsd's own flag).
 pub const DEFAULT_MAX_LINE_BYTES: usize = 16 << 20;
@@ -48,6 +48,23 @@ pub enum LogLevel {
     Fatal,
     /// Nothing at all.
     None,
+}
+
+/// How log lines are written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// websocketd's line format.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// The shells `--completions` writes scripts for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum CompletionShell {
+    Bash,
+    Zsh,
+    Fish,
 }
 
 /// wsd: turn any program that reads stdin and writes stdout into a WebSocket server.
@@ -235,6 +252,18 @@ pub struct Cli {
           default_value = "false", hide_default_value = true, help_heading = "Access control")]
     pub sameorigin: bool,
 
+    /// Believe the forwarding headers (X-Forwarded-For, X-Forwarded-Proto, X-Forwarded-Host, or
+    /// Forwarded) of a peer in this range (10.0.0.0/8, 127.0.0.1, fd00::/8); repeatable or comma
+    /// separated. The client is then the rightmost address in the chain that is not a trusted
+    /// proxy (REMOTE_ADDR, REMOTE_PORT), HTTPS is on when the proxy says https, and the origin
+    /// check uses the forwarded host. Without it the headers are ignored.
+    #[arg(
+        long = "trusted-proxy",
+        value_name = "CIDR",
+        help_heading = "Access control"
+    )]
+    pub trusted_proxy: Vec<String>,
+
     /// Extra header ("Name: value") on every response; repeatable.
     #[arg(long, value_name = "HEADER", help_heading = "Headers")]
     pub header: Vec<String>,
@@ -246,6 +275,17 @@ pub struct Cli {
     /// Extra header on plain HTTP responses only; repeatable.
     #[arg(long = "header-http", value_name = "HEADER", help_heading = "Headers")]
     pub header_http: Vec<String>,
+
+    /// Log line format: text (websocketd's) or json (one object per line: time in RFC 3339,
+    /// level, area, the connection's fields, message).
+    #[arg(long = "log-format", value_name = "FORMAT", value_enum, default_value_t = LogFormat::Text,
+          help_heading = "Logging")]
+    pub log_format: LogFormat,
+
+    /// Serve Prometheus metrics (text format) at http://ADDR:PORT/metrics, on a listener of
+    /// its own; off by default. ADDR may be empty (:9100) for all interfaces.
+    #[arg(long, value_name = "ADDR:PORT", help_heading = "Operations")]
+    pub metrics: Option<String>,
 
     /// Log verbosity. Logs go to stdout in websocketd's format, one line per event.
     #[arg(long, value_name = "LEVEL", value_enum, default_value_t = LogLevel::Access,
@@ -326,9 +366,13 @@ pub struct Cli {
     #[arg(long, action = ArgAction::SetTrue, help_heading = "Information")]
     pub license: bool,
 
+    /// Print a completion script for SHELL (bash, zsh or fish) and exit.
+    #[arg(long, value_name = "SHELL", value_enum, help_heading = "Information")]
+    pub completions: Option<CompletionShell>,
+
     /// The program to run for each connection, and its arguments.
     #[arg(value_name = "COMMAND", trailing_var_arg = true, allow_hyphen_values = true,
-          num_args = 0..)]
+          num_args = 0.., value_hint = ValueHint::CommandWithArguments)]
     pub command: Vec<OsString>,
 }
 
@@ -447,6 +491,16 @@ where
     I: IntoIterator<Item = OsString>,
 {
     Cli::try_parse_from(normalize_args(args)?)
+}
+
+/// Writes the completion script for `shell`, generated from the flag definitions.
+pub fn write_completions(shell: CompletionShell, out: &mut dyn std::io::Write) {
+    let shell = match shell {
+        CompletionShell::Bash => clap_complete::Shell::Bash,
+        CompletionShell::Zsh => clap_complete::Shell::Zsh,
+        CompletionShell::Fish => clap_complete::Shell::Fish,
+    };
+    clap_complete::generate(shell, &mut Cli::command(), "wsd", out);
 }
 
 #[cfg(test)]

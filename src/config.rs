@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use hyper::header::{HeaderName, HeaderValue};
 
-use crate::cli::{Cli, LogLevel};
+use crate::cli::{Cli, LogFormat, LogLevel};
 
 /// A configuration error: what to print and the exit status to leave with.
 #[derive(Debug, thiserror::Error)]
@@ -111,6 +111,10 @@ pub struct Config {
     pub server_software: String,
     /// This machine's name, used in logged URLs when listening on all interfaces.
     pub hostname: String,
+    /// Operations: `--trusted-proxy`, `--metrics`, `--log-format`.
+    pub trusted_proxies: Vec<crate::proxy::Cidr>,
+    pub metrics: Option<TcpAddr>,
+    pub log_format: LogFormat,
 }
 
 impl Config {
@@ -266,6 +270,9 @@ impl Config {
             log_level: cli.loglevel,
             server_software: format!("wsd/{}", env!("CARGO_PKG_VERSION")),
             hostname: hostname(),
+            trusted_proxies: trusted_proxies(&cli.trusted_proxy)?,
+            metrics: cli.metrics.as_deref().map(metrics_addr).transpose()?,
+            log_format: cli.log_format,
         })
     }
 }
@@ -360,6 +367,35 @@ fn parse_headers(flag: &str, raw: &[String]) -> Result<Vec<ExtraHeader>, ConfigE
             Ok((name, value))
         })
         .collect()
+}
+
+fn trusted_proxies(raw: &[String]) -> Result<Vec<crate::proxy::Cidr>, ConfigError> {
+    raw.iter()
+        .flat_map(|r| r.split(','))
+        .map(|c| {
+            crate::proxy::Cidr::parse(c.trim())
+                .map_err(|e| ConfigError::flag(format!("--trusted-proxy: {e}")))
+        })
+        .collect()
+}
+
+/// `ADDR:PORT`, `[V6]:PORT` or `:PORT` (all interfaces).
+fn metrics_addr(raw: &str) -> Result<TcpAddr, ConfigError> {
+    let bad = || {
+        ConfigError::flag(format!(
+            "--metrics: '{raw}' is not ADDR:PORT (127.0.0.1:9100, [::1]:9100 or :9100)"
+        ))
+    };
+    let (host, port) = raw.rsplit_once(':').ok_or_else(bad)?;
+    let port = port.parse::<u16>().map_err(|_| bad())?;
+    if host.contains(':') && !(host.starts_with('[') && host.ends_with(']')) {
+        return Err(bad());
+    }
+    let host = host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_string();
+    Ok(TcpAddr { host, port })
 }
 
 fn hostname() -> String {

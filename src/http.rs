@@ -132,7 +132,7 @@ pub(crate) fn full(bytes: impl Into<Bytes>) -> Body {
 pub async fn handle(
     shared: Arc<Shared>,
     peer: Arc<Peer>,
-    req: Request<Incoming>,
+    mut req: Request<Incoming>,
 ) -> Result<Response<Body>, Infallible> {
     let host = req
         .headers()
@@ -165,8 +165,12 @@ pub async fn handle(
             "request headers too large",
         ));
     }
+    crate::proxy::annotate(&shared.config.trusted_proxies, peer.addr, &mut req);
     let response = if is_upgrade(&req) {
-        upgrade(&shared, &peer, &host, req).instrument(span).await
+        let started = std::time::Instant::now();
+        let resp = upgrade(&shared, &peer, &host, req).instrument(span).await;
+        crate::metrics::handshake(started, resp.status());
+        resp
     } else if shared.config.sse && crate::sse::wants_events(&req) {
         crate::sse::respond(&shared, &peer, &host, req)
             .instrument(span)
@@ -327,6 +331,7 @@ pub(crate) fn add_headers(h: &mut hyper::HeaderMap, extra: &[ExtraHeader]) {
 
 /// A refused upgrade: logged once, answered with `status`.
 pub(crate) fn refuse(config: &Config, status: StatusCode, why: &str) -> Response<Body> {
+    crate::metrics::rejected_status(status);
     let reason = status.canonical_reason().unwrap_or("");
     text_response(
         status,
@@ -355,7 +360,7 @@ async fn upgrade(
             Err(resp) => return *resp,
         }
     };
-    let (id, remote) = identify(shared, peer, &span).await;
+    let (id, remote) = identify(shared, peer, &req, &span).await;
     let route = match resolve_route(config, req.uri().path(), &span) {
         Ok(r) => r,
         Err(resp) => return *resp,
@@ -429,12 +434,14 @@ async fn upgrade(
             shutdown: shared.shutdown.clone(),
             permit,
             socket_fd: peer.fd,
+            metrics: crate::metrics::SessionMetrics::open(&route.script.script_name),
         })),
         Program::Shared(subscription) => Bridge::Shared(SharedSession {
             config: config.clone(),
             subscription,
             shutdown: shared.shutdown.clone(),
             socket_fd: peer.fd,
+            metrics: crate::metrics::SessionMetrics::open(&route.script.script_name),
         }),
     };
 
@@ -481,6 +488,7 @@ pub fn start_at_boot(shared: &Arc<Shared>) {
         addr: String::new(),
         host: String::new(),
         port: String::new(),
+        https: false,
     };
     let env = cgi_env::build(config, &parts, &remote, &route.script, &shared.next_id());
     let permit = take_fork(shared).ok().flatten();
@@ -521,17 +529,25 @@ pub(crate) fn take_fork(shared: &Shared) -> Result<Option<OwnedSemaphorePermit>,
 }
 
 /// The connection's id and the client's address, recorded in the span.
-pub(crate) async fn identify(
+pub(crate) async fn identify<B>(
     shared: &Shared,
     peer: &Peer,
+    req: &Request<B>,
     span: &tracing::Span,
 ) -> (String, Remote) {
     let id = shared.next_id();
     span.record("id", id.as_str());
-    let remote = match peer.addr {
-        Some(addr) => remote_info(addr, shared.config.reverse_lookup).await,
+    let mut remote = match peer.addr {
+        Some(addr) => {
+            remote_info(
+                crate::proxy::client(req, addr),
+                shared.config.reverse_lookup,
+            )
+            .await
+        }
         None => Remote::unix(),
     };
+    remote.https = crate::proxy::https(req);
     span.record("remote", remote.host.as_str());
     (id, remote)
 }
@@ -582,7 +598,8 @@ pub(crate) fn check_origin<B>(
         .and_then(|o| o.to_str().ok());
     let origin = crate::origin::effective_origin(origin_header, config).to_string();
     span.record("origin", origin.as_str());
-    if let Err(refused) = crate::origin::check(&origin, host, config) {
+    let host = crate::proxy::origin_host(req, host);
+    if let Err(refused) = crate::origin::check(&origin, &host, config) {
         crate::access!("session", "{}", refused.0);
         return Err(Box::new(refuse(
             config,
@@ -690,10 +707,13 @@ fn valid_key(key: &[u8]) -> bool {
     }
 }
 
-async fn remote_info(addr: std::net::SocketAddr, reverse_lookup: bool) -> Remote {
-    let ip = addr.ip().to_canonical().to_string();
+async fn remote_info(
+    (addr, port): (std::net::IpAddr, Option<u16>),
+    reverse_lookup: bool,
+) -> Remote {
+    let ip = addr.to_canonical().to_string();
     let host = if reverse_lookup {
-        let ip_addr = addr.ip().to_canonical();
+        let ip_addr = addr.to_canonical();
         tokio::task::spawn_blocking(move || reverse_dns(ip_addr))
             .await
             .ok()
@@ -705,7 +725,8 @@ async fn remote_info(addr: std::net::SocketAddr, reverse_lookup: bool) -> Remote
     Remote {
         addr: ip,
         host,
-        port: addr.port().to_string(),
+        port: port.map_or_else(String::new, |p| p.to_string()),
+        https: false,
     }
 }
 

@@ -10,6 +10,10 @@
 //! connections waiting for a handshake and answers 503 when descriptors run out), [`http`] routes the request
 //! ([`route`], [`origin`], [`cgi_env`]) and starts the [`child`], and [`session`] bridges the
 //! two, cutting output into messages with [`framing`].
+//!
+//! Operations: [`systemd`] (socket activation, readiness and watchdog notifications),
+//! [`proxy`] (the client behind a `--trusted-proxy`), [`metrics`] (`--metrics`, Prometheus) and
+//! [`log_json`] (`--log-format=json`).
 
 pub mod admission;
 pub mod broadcast;
@@ -24,12 +28,16 @@ pub mod http;
 pub mod lenient;
 #[macro_use]
 pub mod log;
+pub mod log_json;
+pub mod metrics;
 pub mod origin;
+pub mod proxy;
 pub mod route;
 pub mod server;
 pub mod session;
 pub mod sse;
 pub mod static_files;
+pub mod systemd;
 
 /// The text `--license` prints.
 pub const LICENSE: &str = include_str!("../LICENSE");

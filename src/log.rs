@@ -21,6 +21,8 @@
 //! | fatal      | ERROR, target `fatal`    |
 //!
 //! Use the macros of this module (`access!`, `info!`, ...) rather than tracing's directly.
+//!
+//! `--log-format=json` writes the same events as JSON objects instead ([`crate::log_json`]).
 
 use std::fmt;
 
@@ -34,7 +36,7 @@ use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::Layer;
 
-use crate::cli::LogLevel;
+use crate::cli::{LogFormat, LogLevel};
 
 /// Logs at websocketd's `debug` level: `debug!(area, "format", args...)`.
 #[macro_export]
@@ -67,8 +69,8 @@ macro_rules! fatal {
     ($area:expr, $($arg:tt)+) => { ::tracing::error!(target: "fatal", area = $area, $($arg)+) };
 }
 
-/// Installs the global subscriber for `level`, writing to stdout.
-pub fn init(level: LogLevel) {
+/// Installs the global subscriber for `level` and `format`, writing to stdout.
+pub fn init(level: LogLevel, format: LogFormat) {
     let filter = match level {
         LogLevel::Debug => Targets::new().with_default(LevelFilter::TRACE),
         LogLevel::Trace => Targets::new().with_default(LevelFilter::DEBUG),
@@ -82,13 +84,25 @@ pub fn init(level: LogLevel) {
             .with_target("fatal", LevelFilter::ERROR),
         LogLevel::None => Targets::new().with_default(LevelFilter::OFF),
     };
-    let layer = tracing_subscriber::fmt::layer()
-        .with_writer(std::io::stdout)
-        .event_format(LineFormat)
-        .fmt_fields(PairFields)
-        .with_filter(filter);
+    let text = (format == LogFormat::Text).then(|| {
+        tracing_subscriber::fmt::layer()
+            .with_writer(std::io::stdout)
+            .event_format(LineFormat)
+            .fmt_fields(PairFields)
+            .with_filter(filter.clone())
+    });
+    let json = (format == LogFormat::Json).then(|| {
+        tracing_subscriber::fmt::layer()
+            .with_writer(std::io::stdout)
+            .event_format(crate::log_json::JsonLine)
+            .fmt_fields(crate::log_json::JsonFields)
+            .with_filter(filter)
+    });
     // A second initialisation (only possible in tests) keeps the first subscriber.
-    let _ = tracing_subscriber::registry().with(layer).try_init();
+    let _ = tracing_subscriber::registry()
+        .with(text)
+        .with(json)
+        .try_init();
 }
 
 /// Formats span fields as websocketd's `key:'value'` pairs.
@@ -131,13 +145,26 @@ impl Visit for PairVisitor<'_, '_> {
     }
 }
 
+/// An event's level by websocketd's name (`access`, `fatal`, ...); see the table above.
+pub(crate) fn level_name(meta: &tracing::Metadata<'_>) -> &'static str {
+    match (*meta.level(), meta.target()) {
+        (Level::TRACE, _) => "debug",
+        (Level::DEBUG, _) => "trace",
+        (Level::INFO, "access") => "access",
+        (Level::INFO, _) => "info",
+        (Level::ERROR, "fatal") => "fatal",
+        _ => "error",
+    }
+}
+
 /// Formats one event as one websocketd log line.
 struct LineFormat;
 
+/// An event's own fields: its area and its message.
 #[derive(Default)]
-struct EventFields {
-    area: String,
-    message: String,
+pub(crate) struct EventFields {
+    pub(crate) area: String,
+    pub(crate) message: String,
 }
 
 impl Visit for EventFields {
@@ -169,15 +196,7 @@ where
         mut writer: Writer<'_>,
         event: &Event<'_>,
     ) -> fmt::Result {
-        let meta = event.metadata();
-        let level = match (*meta.level(), meta.target()) {
-            (Level::TRACE, _) => "DEBUG",
-            (Level::DEBUG, _) => "TRACE",
-            (Level::INFO, "access") => "ACCESS",
-            (Level::INFO, _) => "INFO",
-            (Level::ERROR, "fatal") => "FATAL",
-            _ => "ERROR",
-        };
+        let level = level_name(event.metadata()).to_ascii_uppercase();
         let mut fields = EventFields::default();
         event.record(&mut fields);
 

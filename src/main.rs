@@ -42,6 +42,13 @@ fn main() -> ExitCode {
         println!("wsd {}\n\n{}", env!("CARGO_PKG_VERSION"), wsd::LICENSE);
         return ExitCode::SUCCESS;
     }
+    if let Some(shell) = cli.completions {
+        wsd::cli::write_completions(shell, &mut std::io::stdout());
+        return ExitCode::SUCCESS;
+    }
+    // Before any thread starts, and before --passenv reads the environment: this unsets the
+    // socket activation variables.
+    wsd::systemd::claim_listen_fds();
     let config = match Config::from_cli(cli) {
         Ok(c) => c,
         Err(e) => {
@@ -49,7 +56,7 @@ fn main() -> ExitCode {
             return ExitCode::from(e.exit_code as u8);
         }
     };
-    wsd::log::init(config.log_level);
+    wsd::log::init(config.log_level, config.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -45,13 +45,19 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     let signals = Signals::install();
     crate::admission::raise_fd_limit();
     let config = Arc::new(config);
-    let mut listeners = Vec::new();
-    for addr in &config.tcp {
-        listeners.push(bind_tcp(addr).await?);
+    let mut listeners = adopt_inherited()?;
+    if listeners.is_empty() {
+        for addr in &config.tcp {
+            listeners.push(bind_tcp(addr).await?);
+        }
     }
     if let Some(path) = &config.unix_socket {
         listeners.push(Listener::Unix(bind_unix(path).await?, path.clone()));
     }
+    let metrics = match &config.metrics {
+        Some(addr) => Some(bind_metrics(addr).await?),
+        None => None,
+    };
 
     match &config.program {
         Program::Command { path, args } => {
@@ -105,7 +111,17 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         accept_loops.push(tokio::spawn(accept_loop(listener, shared.clone())));
     }
 
+    if let Some(l) = metrics {
+        if let Ok(a) = l.local_addr() {
+            crate::info!("server", "Serving metrics at          : http://{a}/metrics");
+        }
+        accept_loops.push(tokio::spawn(crate::metrics::serve(l, shutdown.clone())));
+    }
+    let watchdog_stop = CancellationToken::new();
+    let watchdog = crate::systemd::ready("Serving", watchdog_stop.clone());
+
     signals.wait().await;
+    crate::systemd::stopping();
     crate::info!("server", "shutting down");
     shutdown.cancel();
     for l in accept_loops {
@@ -123,7 +139,46 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     if let Some(path) = &config.unix_socket {
         let _ = std::fs::remove_file(path);
     }
+    watchdog_stop.cancel();
+    if let Some(w) = watchdog {
+        let _ = w.await;
+    }
     Ok(())
+}
+
+/// The sockets systemd passed (socket activation), which replace `--port` and `--address`.
+fn adopt_inherited() -> Result<Vec<Listener>, StartError> {
+    let mut listeners = Vec::new();
+    for inherited in crate::systemd::take_listeners().map_err(StartError)? {
+        let adopted = match inherited {
+            crate::systemd::Inherited::Tcp(l) => {
+                let shown = l
+                    .local_addr()
+                    .map_or_else(|_| "?".into(), |a| a.to_string());
+                TcpListener::from_std(l).map(|l| Listener::Tcp(l, shown))
+            }
+            crate::systemd::Inherited::Unix(l) => {
+                let path = l
+                    .local_addr()
+                    .ok()
+                    .and_then(|a| a.as_pathname().map(Path::to_path_buf))
+                    .unwrap_or_else(|| "(unnamed)".into());
+                UnixListener::from_std(l).map(|l| Listener::Unix(l, path))
+            }
+        };
+        listeners.push(
+            adopted.map_err(|e| StartError(format!("cannot use a socket systemd passed: {e}")))?,
+        );
+    }
+    Ok(listeners)
+}
+
+/// `--metrics`: its own TCP listener.
+async fn bind_metrics(addr: &TcpAddr) -> Result<TcpListener, StartError> {
+    let Listener::Tcp(listener, _) = bind_tcp(addr).await? else {
+        unreachable!("bind_tcp returns a TCP listener");
+    };
+    Ok(listener)
 }
 
 /// SIGINT and SIGTERM, the two signals that shut wsd down.
@@ -243,6 +298,7 @@ async fn accept_loop(listener: Listener, shared: Arc<Shared>) {
         match accepted {
             Ok((io, peer)) => {
                 last_error = None;
+                crate::metrics::http_connection();
                 shared.reserve.accepted();
                 let slot = register_pending(&shared);
                 let shared = shared.clone();
@@ -318,6 +374,7 @@ async fn accept(listener: &Listener) -> io::Result<(Stream, Peer)> {
 fn register_pending(shared: &Shared) -> PendingSlot {
     let (slot, evicted) = shared.pending.register();
     if let Some(Evicted(open_for)) = evicted {
+        crate::metrics::rejected("evicted");
         crate::error!(
             "server",
             "more than {} connections without a handshake (--max-pending): closed the oldest, open for {:.1}s",
@@ -369,16 +426,19 @@ where
 fn log_connection_error(e: &hyper::Error, remote: Option<SocketAddr>) {
     let remote = remote.map_or_else(|| "unix socket".to_string(), |a| a.ip().to_string());
     if e.is_timeout() {
+        crate::metrics::rejected("header_timeout");
         crate::access!(
             "http",
             "closed a connection from {remote}: no complete request headers in time"
         );
     } else if e.is_parse_too_large() {
+        crate::metrics::rejected("431");
         crate::access!(
             "http",
             "431: request headers from {remote} over --max-header-bytes"
         );
     } else if e.is_parse() || e.is_parse_status() {
+        crate::metrics::rejected("400");
         crate::access!("http", "400: malformed request from {remote}: {e}");
     } else if e.is_incomplete_message() {
         crate::debug!("http", "connection from {remote} closed mid-request");

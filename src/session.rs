@@ -13,7 +13,7 @@
 //! peer stops answering pings, or the server shuts down. Teardown never waits on a pipe: the
 //! stdin writer is aborted (closing stdin) before the child is signalled.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -72,9 +72,25 @@ struct Stats {
     bytes_out: AtomicU64,
     /// Milliseconds since the session started when the client was last heard from.
     last_seen_ms: AtomicU64,
+    /// The code of the first close frame sent or received; 0 before one.
+    close_code: AtomicU16,
 }
 
 impl Stats {
+    /// Notes a close frame; the first one is the connection's close code.
+    fn closing(&self, code: CloseCode) {
+        let _ = self.close_code.compare_exchange(
+            0,
+            u16::from(code),
+            Ordering::Relaxed,
+            Ordering::Relaxed,
+        );
+    }
+
+    fn close_code(&self) -> u16 {
+        self.close_code.load(Ordering::Relaxed)
+    }
+
     fn log_disconnect(&self, started: Instant, program: &str) {
         crate::access!(
             "session",
@@ -97,6 +113,7 @@ pub struct Session {
     pub permit: Option<OwnedSemaphorePermit>,
     /// The connection's socket (see [`hung_up`]).
     pub socket_fd: std::os::fd::RawFd,
+    pub metrics: crate::metrics::SessionMetrics,
 }
 
 /// How the client side ended.
@@ -198,7 +215,7 @@ impl Session {
                     Some(e) => close_frame(CloseCode::Error, &e.to_string()),
                     None => close_frame(CloseCode::Error, "the program could not be reaped"),
                 };
-                if send_close(&mut sink, frame).await {
+                if send_close(&mut sink, frame, &stats).await {
                     // Wait for the client's answer to our close frame.
                     let _ = tokio::time::timeout(CLOSE_TIMEOUT, &mut reader).await;
                 }
@@ -214,7 +231,7 @@ impl Session {
             }
             End::Client(ClientEnd::Failed(code, why)) => {
                 crate::access!("session", "closing with {}: {why}", u16::from(code));
-                send_close(&mut sink, close_frame(code, &why)).await;
+                send_close(&mut sink, close_frame(code, &why), &stats).await;
                 self.child.terminate(grace).await
             }
             End::SendFailed(why) => {
@@ -225,7 +242,11 @@ impl Session {
             End::PeerDead => {
                 crate::access!("session", "no answer to pings: dropping the connection");
                 let (_, exit) = tokio::join!(
-                    send_close(&mut sink, close_frame(CloseCode::Away, "ping timeout")),
+                    send_close(
+                        &mut sink,
+                        close_frame(CloseCode::Away, "ping timeout"),
+                        &stats
+                    ),
                     self.child.terminate(grace)
                 );
                 exit
@@ -234,7 +255,8 @@ impl Session {
                 let (_, exit) = tokio::join!(
                     send_close(
                         &mut sink,
-                        close_frame(CloseCode::Away, "server shutting down")
+                        close_frame(CloseCode::Away, "server shutting down"),
+                        &stats
                     ),
                     self.child.terminate(grace)
                 );
@@ -252,6 +274,7 @@ impl Session {
 
         let exit = exit.map_or_else(|| "unknown".to_string(), |e| e.to_string());
         stats.log_disconnect(started, &exit);
+        self.metrics.close(stats.close_code());
     }
 }
 
@@ -262,6 +285,7 @@ pub struct SharedSession {
     pub subscription: Subscription,
     pub shutdown: CancellationToken,
     pub socket_fd: std::os::fd::RawFd,
+    pub metrics: crate::metrics::SessionMetrics,
 }
 
 impl SharedSession {
@@ -334,7 +358,7 @@ impl SharedSession {
             End::Shutdown => Some(close_frame(CloseCode::Away, "server shutting down")),
         };
         if let Some(frame) = frame {
-            if send_close(&mut sink, frame).await && !reader.is_finished() {
+            if send_close(&mut sink, frame, &stats).await && !reader.is_finished() {
                 let _ = tokio::time::timeout(CLOSE_TIMEOUT, &mut reader).await;
             }
         }
@@ -348,6 +372,7 @@ impl SharedSession {
             None => "shared program still running".to_string(),
         };
         stats.log_disconnect(started, &program);
+        self.metrics.close(stats.close_code());
     }
 }
 
@@ -364,7 +389,8 @@ pub(crate) fn close_frame(code: CloseCode, reason: &str) -> CloseFrame {
 }
 
 /// Sends a close frame, giving up after [`CLOSE_TIMEOUT`]; true if it was sent.
-async fn send_close(sink: &mut Sink, frame: CloseFrame) -> bool {
+async fn send_close(sink: &mut Sink, frame: CloseFrame, stats: &Stats) -> bool {
+    stats.closing(frame.code);
     matches!(
         tokio::time::timeout(CLOSE_TIMEOUT, sink.send(Message::Close(Some(frame)))).await,
         Ok(Ok(()))
@@ -538,6 +564,7 @@ async fn send_batch(sink: &mut Sink, batch: Vec<Message>, stats: &Stats) -> Resu
     sink.flush().await?;
     stats.msgs_out.fetch_add(count, Ordering::Relaxed);
     stats.bytes_out.fetch_add(bytes, Ordering::Relaxed);
+    crate::metrics::sent(count, bytes);
     Ok(())
 }
 
@@ -593,13 +620,15 @@ async fn read_client(
                 newline: false,
             },
             Message::Binary(data) => with_newline(data),
-            Message::Close(_) => {
+            Message::Close(frame) => {
+                stats.closing(frame.map_or(CloseCode::Status, |f| f.code));
                 closing = true;
                 continue;
             }
             Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => continue,
         };
         stats.msgs_in.fetch_add(1, Ordering::Relaxed);
+        crate::metrics::received(data.data.len() as u64);
         stats
             .bytes_in
             .fetch_add(data.len() as u64, Ordering::Relaxed);

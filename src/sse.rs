@@ -68,7 +68,7 @@ pub async fn respond(
             Err(resp) => return *resp,
         }
     };
-    let (id, remote) = http::identify(shared, peer, &span).await;
+    let (id, remote) = http::identify(shared, peer, &req, &span).await;
     let route = match http::resolve_route(config, req.uri().path(), &span) {
         Ok(r) => r,
         Err(resp) => return *resp,
@@ -172,11 +172,15 @@ impl Feed {
     /// Sends one chunk, unless the client leaves or the server shuts down meanwhile.
     async fn send(&mut self, chunk: Bytes) -> Result<(), Ended> {
         let len = chunk.len() as u64;
+        let is_event = !chunk.starts_with(b":");
         tokio::select! {
             r = self.tx.send(chunk) => r.map_err(|_| Ended::ClientGone)?,
             _ = self.shutdown.cancelled() => return Err(Ended::Shutdown),
         }
         self.bytes += len;
+        if is_event {
+            crate::metrics::sent(1, len);
+        }
         Ok(())
     }
 

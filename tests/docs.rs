@@ -23,10 +23,10 @@ fn extra_sections() -> Roff {
 
     r.control("SH", ["EXIT STATUS"]);
     for (status, meaning) in [
-        ("0", "The server was stopped by SIGINT or SIGTERM and shut down cleanly, or --help, --version or --license was given."),
+        ("0", "The server was stopped by SIGINT or SIGTERM and shut down cleanly, or --help, --version, --license or --completions was given."),
         ("1", "No COMMAND and none of --dir, --staticdir, --cgidir (or no arguments at all), COMMAND cannot be found or is not executable, or both COMMAND and --dir were given."),
         ("2", "A flag is unknown, has a bad value, conflicts with another flag (--binary with --passstderr), or is not yet supported by wsd (--ssl, --sslcert, --sslkey, --sslca, --redirport); or --dir, --staticdir or --cgidir names no directory."),
-        ("3", "wsd cannot listen: the address is in use, cannot be bound, or the --unixsocket path is held by a running server."),
+        ("3", "wsd cannot listen: the address (or the --metrics address) is in use or cannot be bound, the --unixsocket path is held by a running server, or a socket systemd passed is not a listening stream socket."),
     ] {
         r.control("TP", []);
         r.text([bold(status)]);
@@ -43,7 +43,8 @@ fn extra_sections() -> Roff {
         ("GATEWAY_INTERFACE", "CGI/1.1."),
         ("SERVER_PROTOCOL", "The request's HTTP version, normally HTTP/1.1."),
         ("SERVER_NAME, SERVER_PORT", "The host and port of the request's Host header."),
-        ("REMOTE_ADDR, REMOTE_PORT", "The client's address and port (unix-socket and empty for --unixsocket clients)."),
+        ("REMOTE_ADDR, REMOTE_PORT", "The client's address and port (unix-socket and empty for --unixsocket clients); \
+         behind a --trusted-proxy, the client it names (see REVERSE PROXIES)."),
         ("REMOTE_HOST", "The client's host name with --reverselookup, otherwise its address."),
         ("REQUEST_METHOD", "GET."),
         ("REQUEST_URI", "The path and query string as the client sent them."),
@@ -52,6 +53,7 @@ fn extra_sections() -> Roff {
         ("PATH_TRANSLATED", "The decoded URL path."),
         ("QUERY_STRING", "The query string, without the question mark."),
         ("UNIQUE_ID", "An id for the connection, also shown as id in the log."),
+        ("HTTPS", "on when a --trusted-proxy says the client used https; otherwise unset."),
         ("AUTH_TYPE, CONTENT_LENGTH, CONTENT_TYPE, REMOTE_IDENT, REMOTE_USER", "Set, empty."),
         ("HTTP_*", "One per request header: HTTP_ORIGIN, HTTP_USER_AGENT, HTTP_COOKIE and so on; repeated headers are joined with a comma."),
     ] {
@@ -59,6 +61,37 @@ fn extra_sections() -> Roff {
         r.text([bold(name)]);
         r.text([roman(meaning)]);
     }
+
+    r.control("SH", ["SYSTEMD"]);
+    r.text([roman(
+        "wsd reads these variables of its own environment (they are never passed to the programs).",
+    )]);
+    for (name, meaning) in [
+        ("LISTEN_PID, LISTEN_FDS", "Socket activation: when LISTEN_PID is wsd's pid, wsd serves the LISTEN_FDS sockets \
+         from descriptor 3 on (TCP or Unix, listening; LISTEN_FDNAMES is ignored) instead of binding --port and --address. \
+         The variables are unset and the sockets closed on exec, so programs inherit neither."),
+        ("NOTIFY_SOCKET", "wsd sends READY=1 once it listens and STOPPING=1 when it shuts down, as datagrams to this \
+         Unix socket (an abstract one when it starts with @), for Type=notify services."),
+        ("WATCHDOG_USEC, WATCHDOG_PID", "With WATCHDOG_USEC set (and WATCHDOG_PID, if set, wsd's pid), wsd sends \
+         WATCHDOG=1 every half interval."),
+    ] {
+        r.control("TP", []);
+        r.text([bold(name)]);
+        r.text([roman(meaning)]);
+    }
+    r.control("PP", []);
+    r.text([roman(
+        "scripts/systemd/wsd.service and scripts/systemd/wsd.socket in wsd's source are a hardened service and its socket.",
+    )]);
+
+    r.control("SH", ["REVERSE PROXIES"]);
+    r.text([roman(
+        "With --trusted-proxy, a request from a peer in one of the ranges is described by its forwarding headers: \
+         REMOTE_ADDR and REMOTE_PORT name the rightmost address in X-Forwarded-For that is not a trusted proxy \
+         (without X-Forwarded-For, in Forwarded; the port is empty when the entry has none); HTTPS=on when \
+         X-Forwarded-Proto (or proto=) is https; --origin and --sameorigin compare with X-Forwarded-Host (or host=), \
+         else the Host header. From any other peer these headers are ignored.",
+    )]);
 
     r.control("SH", ["LIMITS AND HOSTILE INPUT"]);
     r.text([roman(
