@@ -366,7 +366,9 @@ pub fn normalize_args<I>(args: I) -> Result<Vec<OsString>, clap::Error>
 where
     I: IntoIterator<Item = OsString>,
 {
-    let cmd = Cli::command();
+    let mut cmd = Cli::command();
+    // Number-of-values settings are filled in by build(); without it no flag takes a value.
+    cmd.build();
     let mut out = Vec::new();
     let mut args = args.into_iter();
     if let Some(argv0) = args.next() {
@@ -462,6 +464,18 @@ mod tests {
             assert_eq!(cli.port, Some(8080), "{args:?}");
             assert_eq!(cli.command, vec![OsString::from("cat")], "{args:?}");
         }
+    }
+
+    #[test]
+    fn go_spellings_with_detached_values_chain() {
+        let cli = parse(&[
+            "-port", "1", "-address", "::1", "-passenv", "A,B", "-binary", "cat",
+        ]);
+        assert_eq!(cli.port, Some(1));
+        assert_eq!(cli.address, vec!["::1"]);
+        assert_eq!(cli.passenv, "A,B");
+        assert!(cli.binary);
+        assert_eq!(cli.command, vec![OsString::from("cat")]);
     }
 
     #[test]
