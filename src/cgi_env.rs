@@ -46,8 +46,8 @@ pub fn build(
         .get(hyper::header::HOST)
         .and_then(|h| h.to_str().ok())
         .unwrap_or("");
-    let (server_name, server_port) =
-        split_host_port(host, false).unwrap_or_else(|| (host.to_string(), String::new()));
+    let (server_name, server_port) = split_host_port(host, config.tls.is_some())
+        .unwrap_or_else(|| (host.to_string(), String::new()));
     let path = percent_decode(req.uri.path());
     let query = req.uri.query().unwrap_or("");
     let request_uri = req
@@ -86,6 +86,9 @@ pub fn build(
     put("UNIQUE_ID", id);
     put("REMOTE_PORT", &remote.port);
     put("REQUEST_URI", request_uri);
+    if config.tls.is_some() {
+        put("HTTPS", "on");
+    }
 
     // HTTP_* for every request header; repeated headers are joined with ", " as Go does.
     let mut names: Vec<&hyper::header::HeaderName> = req.headers.keys().collect();

@@ -103,6 +103,10 @@ pub struct Config {
     pub server_software: String,
     /// This machine's name, used in logged URLs when listening on all interfaces.
     pub hostname: String,
+    /// `--ssl`: every listener speaks TLS with this certificate (reloaded on SIGHUP).
+    pub tls: Option<std::sync::Arc<crate::tls::Tls>>,
+    /// `--redirport`: a plain HTTP port redirecting to the main one.
+    pub redirect_port: Option<u16>,
 }
 
 impl Config {
@@ -112,15 +116,10 @@ impl Config {
             (cli.staticdir.is_some(), "--staticdir"),
             (cli.cgidir.is_some(), "--cgidir"),
             (cli.devconsole, "--devconsole"),
-            (cli.ssl, "--ssl"),
-            (cli.sslcert.is_some(), "--sslcert"),
-            (cli.sslkey.is_some(), "--sslkey"),
-            (cli.sslca.is_some(), "--sslca"),
-            (cli.redirport.is_some(), "--redirport"),
         ] {
             if set {
                 return Err(ConfigError::flag(format!(
-                    "{flag} is not yet supported by wsd (static files, CGI, the dev console and TLS are planned)"
+                    "{flag} is not yet supported by wsd (static files, CGI and the dev console are planned)"
                 )));
             }
         }
@@ -179,10 +178,23 @@ impl Config {
         {
             return Err(ConfigError::flag("--unixsocket: the path is empty"));
         }
-        let tcp = if unix_socket.is_some() && cli.port.is_none() && cli.address.is_empty() {
+        let tls = tls_files(&cli)?
+            .map(|files| crate::tls::Tls::load(files).map(std::sync::Arc::new))
+            .transpose()
+            .map_err(ConfigError::flag)?;
+        let tcp = if unix_socket.is_some()
+            && cli.port.is_none()
+            && cli.address.is_empty()
+            && cli.redirport.is_none()
+        {
             Vec::new()
         } else {
-            let port = cli.port.unwrap_or(80);
+            let port = cli.port.unwrap_or(if tls.is_some() { 443 } else { 80 });
+            if cli.redirport == Some(port) {
+                return Err(ConfigError::flag(format!(
+                    "--redirport: {port} is the main port already; pick another one"
+                )));
+            }
             if cli.address.is_empty() {
                 vec![TcpAddr {
                     host: String::new(),
@@ -242,8 +254,33 @@ impl Config {
             log_level: cli.loglevel,
             server_software: format!("wsd/{}", env!("CARGO_PKG_VERSION")),
             hostname: hostname(),
+            tls,
+            redirect_port: cli.redirport,
         })
     }
+}
+
+/// The TLS files named by `--ssl`, `--sslcert`, `--sslkey` and `--sslca`, checked together as
+/// websocketd 0.5 checks them.
+fn tls_files(cli: &Cli) -> Result<Option<crate::tls::TlsFiles>, ConfigError> {
+    if !cli.ssl {
+        if cli.sslcert.is_some() || cli.sslkey.is_some() || cli.sslca.is_some() {
+            return Err(ConfigError::flag(
+                "you should not be using --ssl* flags when there is no --ssl option (--sslcert, --sslkey, --sslca need --ssl)",
+            ));
+        }
+        return Ok(None);
+    }
+    let (Some(cert), Some(key)) = (&cli.sslcert, &cli.sslkey) else {
+        return Err(ConfigError::flag(
+            "please specify both --sslcert and --sslkey when requesting --ssl",
+        ));
+    };
+    Ok(Some(crate::tls::TlsFiles {
+        cert: PathBuf::from(cert),
+        key: PathBuf::from(key),
+        ca: cli.sslca.as_ref().map(PathBuf::from),
+    }))
 }
 
 /// Finds COMMAND as a shell would: a name with a slash is a path, others are looked up in PATH.

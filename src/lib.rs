@@ -7,9 +7,10 @@
 //! kills whole process groups, and bounds every buffer.
 //!
 //! One connection, from accept to teardown: [`server`] accepts it ([`admission`] caps the
-//! connections waiting for a handshake and answers 503 when descriptors run out), [`http`] routes the request
-//! ([`route`], [`origin`], [`cgi_env`]) and starts the [`child`], and [`session`] bridges the
-//! two, cutting output into messages with [`framing`].
+//! connections waiting for a handshake and answers 503 when descriptors run out; with `--ssl`,
+//! [`tls`] runs the TLS handshake first), [`http`] routes the request ([`route`], [`origin`],
+//! [`cgi_env`]) and starts the [`child`], and [`session`] bridges the two, cutting output into
+//! messages with [`framing`]. [`redirect`] answers `--redirport`.
 
 pub mod admission;
 pub mod broadcast;
@@ -22,10 +23,12 @@ pub mod http;
 #[macro_use]
 pub mod log;
 pub mod origin;
+pub mod redirect;
 pub mod route;
 pub mod server;
 pub mod session;
 pub mod sse;
+pub mod tls;
 
 /// The text `--license` prints.
 pub const LICENSE: &str = include_str!("../LICENSE");
