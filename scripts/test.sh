@@ -39,12 +39,12 @@ is_installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'instal
 
 install_packages() {
   if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null || ! command -v dpkg-query >/dev/null; then
-    echo "not root or no apt-get: not installing packages (needed: python3-venv chromium nginx systemd; for the peer suite golang-1.19-go golang-github-gorilla-websocket-dev)"
+    echo "not root or no apt-get: not installing packages (needed: python3-venv chromium nginx systemd openssl; for the peer suite golang-1.19-go golang-github-gorilla-websocket-dev)"
     return 0
   fi
   # nginx: tests/proxy.rs runs wsd behind it; systemd: systemd-socket-activate and
   # systemd-analyze for tests/systemd.rs (neither is started as a service).
-  local wanted=(python3-venv chromium nginx systemd) missing=()
+  local wanted=(python3-venv chromium nginx systemd openssl) missing=()
   if [ -n "${WEBSOCKETD_SRC:-}" ]; then
     wanted+=(golang-1.19-go golang-github-gorilla-websocket-dev)
   fi

@@ -49,8 +49,8 @@ pub fn build(
         .get(hyper::header::HOST)
         .and_then(|h| h.to_str().ok())
         .unwrap_or("");
-    let (server_name, server_port) =
-        split_host_port(host, false).unwrap_or_else(|| (host.to_string(), String::new()));
+    let (server_name, server_port) = split_host_port(host, config.tls.is_some())
+        .unwrap_or_else(|| (host.to_string(), String::new()));
     let path = percent_decode(req.uri.path());
     let query = req.uri.query().unwrap_or("");
     let request_uri = req
@@ -89,7 +89,7 @@ pub fn build(
     put("UNIQUE_ID", id);
     put("REMOTE_PORT", &remote.port);
     put("REQUEST_URI", request_uri);
-    if remote.https {
+    if remote.https || config.tls.is_some() {
         put("HTTPS", "on");
     }
 

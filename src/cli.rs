@@ -319,43 +319,30 @@ pub struct Cli {
           default_value = "false", hide_default_value = true, help_heading = "HTTP side")]
     pub devconsole: bool,
 
-    /// Serve TLS (not yet supported by wsd).
+    /// Serve TLS on every listener (wss:// and https://), with the certificate and key of
+    /// --sslcert and --sslkey; TLS 1.2 and 1.3. SIGHUP reloads the files without dropping
+    /// connections. The default port becomes 443.
     #[arg(long, value_name = "BOOL", num_args = 0..=1, require_equals = true,
           default_missing_value = "true", value_parser = parse_go_bool, action = ArgAction::Set,
-          default_value = "false", hide_default_value = true,
-          help_heading = "HTTP side (not yet supported)")]
+          default_value = "false", hide_default_value = true, help_heading = "TLS")]
     pub ssl: bool,
 
-    /// TLS certificate file, PEM (not yet supported by wsd).
-    #[arg(
-        long,
-        value_name = "FILE",
-        help_heading = "HTTP side (not yet supported)"
-    )]
+    /// With --ssl: the certificate chain, PEM, the server's certificate first.
+    #[arg(long, value_name = "FILE", help_heading = "TLS")]
     pub sslcert: Option<String>,
 
-    /// TLS private key file, PEM (not yet supported by wsd).
-    #[arg(
-        long,
-        value_name = "FILE",
-        help_heading = "HTTP side (not yet supported)"
-    )]
+    /// With --ssl: the private key of the certificate, PEM (PKCS#8, RSA or EC).
+    #[arg(long, value_name = "FILE", help_heading = "TLS")]
     pub sslkey: Option<String>,
 
-    /// CA certificate for client certificates, mutual TLS (not yet supported by wsd).
-    #[arg(
-        long,
-        value_name = "FILE",
-        help_heading = "HTTP side (not yet supported)"
-    )]
+    /// With --ssl: require a client certificate signed by one of the CA certificates in FILE
+    /// (PEM), mutual TLS. A client without one fails the TLS handshake.
+    #[arg(long, value_name = "FILE", help_heading = "TLS")]
     pub sslca: Option<String>,
 
-    /// Plain HTTP port that redirects to the main address (not yet supported by wsd).
-    #[arg(
-        long,
-        value_name = "PORT",
-        help_heading = "HTTP side (not yet supported)"
-    )]
+    /// Also listen for plain HTTP on PORT (on every --address) and answer every request with a
+    /// 301 redirect to the same host and path on the main port (https:// with --ssl).
+    #[arg(long, value_name = "PORT", help_heading = "TLS")]
     pub redirport: Option<u16>,
 
     /// Print the version and exit.
@@ -422,7 +409,9 @@ pub fn normalize_args<I>(args: I) -> Result<Vec<OsString>, clap::Error>
 where
     I: IntoIterator<Item = OsString>,
 {
-    let cmd = Cli::command();
+    let mut cmd = Cli::command();
+    // Number-of-values settings are filled in by build(); without it no flag takes a value.
+    cmd.build();
     let mut out = Vec::new();
     let mut args = args.into_iter();
     if let Some(argv0) = args.next() {
@@ -528,6 +517,18 @@ mod tests {
             assert_eq!(cli.port, Some(8080), "{args:?}");
             assert_eq!(cli.command, vec![OsString::from("cat")], "{args:?}");
         }
+    }
+
+    #[test]
+    fn go_spellings_with_detached_values_chain() {
+        let cli = parse(&[
+            "-port", "1", "-address", "::1", "-passenv", "A,B", "-binary", "cat",
+        ]);
+        assert_eq!(cli.port, Some(1));
+        assert_eq!(cli.address, vec!["::1"]);
+        assert_eq!(cli.passenv, "A,B");
+        assert!(cli.binary);
+        assert_eq!(cli.command, vec![OsString::from("cat")]);
     }
 
     #[test]

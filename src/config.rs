@@ -115,24 +115,15 @@ pub struct Config {
     pub trusted_proxies: Vec<crate::proxy::Cidr>,
     pub metrics: Option<TcpAddr>,
     pub log_format: LogFormat,
+    /// `--ssl`: every listener speaks TLS with this certificate (reloaded on SIGHUP).
+    pub tls: Option<std::sync::Arc<crate::tls::Tls>>,
+    /// `--redirport`: a plain HTTP port redirecting to the main one.
+    pub redirect_port: Option<u16>,
 }
 
 impl Config {
     /// Validates the parsed command line.
     pub fn from_cli(cli: Cli) -> Result<Config, ConfigError> {
-        for (set, flag) in [
-            (cli.ssl, "--ssl"),
-            (cli.sslcert.is_some(), "--sslcert"),
-            (cli.sslkey.is_some(), "--sslkey"),
-            (cli.sslca.is_some(), "--sslca"),
-            (cli.redirport.is_some(), "--redirport"),
-        ] {
-            if set {
-                return Err(ConfigError::flag(format!(
-                    "{flag} is not yet supported by wsd (TLS is planned)"
-                )));
-            }
-        }
         if cli.linger_ms < -1 {
             return Err(ConfigError::flag(
                 "--linger-ms must be -1 (forever), 0 or a number of milliseconds",
@@ -203,10 +194,23 @@ impl Config {
         {
             return Err(ConfigError::flag("--unixsocket: the path is empty"));
         }
-        let tcp = if unix_socket.is_some() && cli.port.is_none() && cli.address.is_empty() {
+        let tls = tls_files(&cli)?
+            .map(|files| crate::tls::Tls::load(files).map(std::sync::Arc::new))
+            .transpose()
+            .map_err(ConfigError::flag)?;
+        let tcp = if unix_socket.is_some()
+            && cli.port.is_none()
+            && cli.address.is_empty()
+            && cli.redirport.is_none()
+        {
             Vec::new()
         } else {
-            let port = cli.port.unwrap_or(80);
+            let port = cli.port.unwrap_or(if tls.is_some() { 443 } else { 80 });
+            if cli.redirport == Some(port) {
+                return Err(ConfigError::flag(format!(
+                    "--redirport: {port} is the main port already; pick another one"
+                )));
+            }
             if cli.address.is_empty() {
                 vec![TcpAddr {
                     host: String::new(),
@@ -273,8 +277,33 @@ impl Config {
             trusted_proxies: trusted_proxies(&cli.trusted_proxy)?,
             metrics: cli.metrics.as_deref().map(metrics_addr).transpose()?,
             log_format: cli.log_format,
+            tls,
+            redirect_port: cli.redirport,
         })
     }
+}
+
+/// The TLS files named by `--ssl`, `--sslcert`, `--sslkey` and `--sslca`, checked together as
+/// websocketd 0.5 checks them.
+fn tls_files(cli: &Cli) -> Result<Option<crate::tls::TlsFiles>, ConfigError> {
+    if !cli.ssl {
+        if cli.sslcert.is_some() || cli.sslkey.is_some() || cli.sslca.is_some() {
+            return Err(ConfigError::flag(
+                "you should not be using --ssl* flags when there is no --ssl option (--sslcert, --sslkey, --sslca need --ssl)",
+            ));
+        }
+        return Ok(None);
+    }
+    let (Some(cert), Some(key)) = (&cli.sslcert, &cli.sslkey) else {
+        return Err(ConfigError::flag(
+            "please specify both --sslcert and --sslkey when requesting --ssl",
+        ));
+    };
+    Ok(Some(crate::tls::TlsFiles {
+        cert: PathBuf::from(cert),
+        key: PathBuf::from(key),
+        ca: cli.sslca.as_ref().map(PathBuf::from),
+    }))
 }
 
 /// Finds COMMAND as a shell would: a name with a slash is a path, others are looked up in PATH.

@@ -219,8 +219,15 @@ fn is_upgrade<B>(req: &Request<B>) -> bool {
     has_token(header::UPGRADE, "websocket") && has_token(header::CONNECTION, "upgrade")
 }
 
-/// websocketd's TellURL: a host starting with ':' gets the machine's name.
+/// websocketd's TellURL: a host starting with ':' gets the machine's name, and with --ssl
+/// the scheme gets its "s" (http becomes https, ws wss).
 fn tell_url(config: &Config, scheme: &str, host: &str, path: &str) -> String {
+    let secure = format!("{scheme}s");
+    let scheme = if config.tls.is_some() {
+        &secure
+    } else {
+        scheme
+    };
     if host.starts_with(':') {
         format!("{scheme}://{}{host}{path}", config.hostname)
     } else {

@@ -7,9 +7,10 @@
 //! kills whole process groups, and bounds every buffer.
 //!
 //! One connection, from accept to teardown: [`server`] accepts it ([`admission`] caps the
-//! connections waiting for a handshake and answers 503 when descriptors run out), [`http`] routes the request
-//! ([`route`], [`origin`], [`cgi_env`]) and starts the [`child`], and [`session`] bridges the
-//! two, cutting output into messages with [`framing`].
+//! connections waiting for a handshake and answers 503 when descriptors run out; with `--ssl`,
+//! [`tls`] runs the TLS handshake first), [`http`] routes the request ([`route`], [`origin`],
+//! [`cgi_env`]) and starts the [`child`], and [`session`] bridges the two, cutting output into
+//! messages with [`framing`]. [`redirect`] answers `--redirport`.
 //!
 //! Operations: [`systemd`] (socket activation, readiness and watchdog notifications),
 //! [`proxy`] (the client behind a `--trusted-proxy`), [`metrics`] (`--metrics`, Prometheus) and
@@ -32,12 +33,14 @@ pub mod log_json;
 pub mod metrics;
 pub mod origin;
 pub mod proxy;
+pub mod redirect;
 pub mod route;
 pub mod server;
 pub mod session;
 pub mod sse;
 pub mod static_files;
 pub mod systemd;
+pub mod tls;
 
 /// The text `--license` prints.
 pub const LICENSE: &str = include_str!("../LICENSE");

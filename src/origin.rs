@@ -27,7 +27,7 @@ pub fn check(origin: &str, host: &str, config: &Config) -> Result<(), Refused> {
     let (o_server, o_port) = split_host_port(origin_host, scheme.eq_ignore_ascii_case("https"))
         .ok_or_else(|| Refused(format!("Origin hostname parsing error: '{origin_host}'")))?;
     if config.same_origin {
-        let (l_server, l_port) = split_host_port(host, false)
+        let (l_server, l_port) = split_host_port(host, config.tls.is_some())
             .ok_or_else(|| Refused(format!("Request hostname parsing error: '{host}'")))?;
         if o_server != l_server || o_port != l_port {
             return Err(Refused("Same origin policy mismatch".into()));

@@ -43,6 +43,7 @@ enum Listener {
 pub async fn run(config: Config) -> Result<(), StartError> {
     // Installed first, so that a signal during start-up is a graceful shutdown too.
     let signals = Signals::install();
+    let reloader = crate::tls::Reloader::install(config.tls.clone());
     crate::admission::raise_fd_limit();
     let config = Arc::new(config);
     let mut listeners = adopt_inherited()?;
@@ -58,6 +59,7 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         Some(addr) => Some(bind_metrics(addr).await?),
         None => None,
     };
+    let redirects = bind_redirects(&config, &listeners).await?;
 
     match &config.program {
         Program::Command { path, args } => {
@@ -81,6 +83,10 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         crate::info!("server", "Serving CGI scripts from    : {}", dir.display());
     }
 
+    if let Some(tls) = &config.tls {
+        tls.log_start();
+    }
+
     let shutdown = CancellationToken::new();
     let tracker = TaskTracker::new();
     let shared = Arc::new(Shared::new(
@@ -89,14 +95,18 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         tracker.clone(),
     ));
     http::start_at_boot(&shared);
+    tokio::spawn(reloader.run(shutdown.clone()));
+    let ws = if config.tls.is_some() { "wss" } else { "ws" };
     let mut accept_loops = Vec::new();
     for listener in listeners {
         match &listener {
             Listener::Tcp(l, shown) => {
                 let url = match l.local_addr() {
-                    Ok(a) if shown.is_empty() => format!("ws://{}:{}/", config.hostname, a.port()),
-                    Ok(a) => format!("ws://{}/", SocketAddr::new(a.ip(), a.port())),
-                    Err(_) => format!("ws://{shown}/"),
+                    Ok(a) if shown.is_empty() => {
+                        format!("{ws}://{}:{}/", config.hostname, a.port())
+                    }
+                    Ok(a) => format!("{ws}://{}/", SocketAddr::new(a.ip(), a.port())),
+                    Err(_) => format!("{ws}://{shown}/"),
                 };
                 crate::info!("server", "Starting WebSocket server   : {url}");
             }
@@ -109,6 +119,13 @@ pub async fn run(config: Config) -> Result<(), StartError> {
             }
         }
         accept_loops.push(tokio::spawn(accept_loop(listener, shared.clone())));
+    }
+    for (listener, main_port) in redirects {
+        if let Ok(a) = listener.local_addr() {
+            crate::info!("server", "Starting redirect server    : http://{a}/");
+        }
+        let serve = crate::redirect::serve(listener, main_port, shared.clone());
+        accept_loops.push(tokio::spawn(serve));
     }
 
     if let Some(l) = metrics {
@@ -288,6 +305,34 @@ async fn bind_unix(path: &Path) -> Result<UnixListener, StartError> {
     UnixListener::bind(path).map_err(|e| listen_error("unix", &path.display().to_string(), &e))
 }
 
+/// `--redirport`: one plain HTTP listener per TCP address, with the main port it sends to.
+async fn bind_redirects(
+    config: &Config,
+    listeners: &[Listener],
+) -> Result<Vec<(TcpListener, u16)>, StartError> {
+    let Some(port) = config.redirect_port else {
+        return Ok(Vec::new());
+    };
+    let mut redirects = Vec::new();
+    for addr in &config.tcp {
+        // The port the main listener got (it differs from --port only for --port=0).
+        let main_port = listeners
+            .iter()
+            .find_map(|l| match l {
+                Listener::Tcp(l, host) if *host == addr.host => {
+                    l.local_addr().ok().map(|a| a.port())
+                }
+                _ => None,
+            })
+            .unwrap_or(addr.port);
+        let host = addr.host.clone();
+        if let Listener::Tcp(l, _) = bind_tcp(&TcpAddr { host, port }).await? {
+            redirects.push((l, main_port));
+        }
+    }
+    Ok(redirects)
+}
+
 async fn accept_loop(listener: Listener, shared: Arc<Shared>) {
     let mut last_error: Option<io::ErrorKind> = None;
     loop {
@@ -305,8 +350,8 @@ async fn accept_loop(listener: Listener, shared: Arc<Shared>) {
                 let tracker = shared.tracker.clone();
                 tracker.spawn(async move {
                     match io {
-                        Stream::Tcp(s) => serve_connection(s, peer, slot, shared).await,
-                        Stream::Unix(s) => serve_connection(s, peer, slot, shared).await,
+                        Stream::Tcp(s) => serve_stream(s, peer, slot, shared).await,
+                        Stream::Unix(s) => serve_stream(s, peer, slot, shared).await,
                     }
                 });
             }
@@ -371,7 +416,7 @@ async fn accept(listener: &Listener) -> io::Result<(Stream, Peer)> {
 
 /// Registers a new connection among those without a handshake, in accept order, so that the
 /// oldest is the one evicted beyond `--max-pending`.
-fn register_pending(shared: &Shared) -> PendingSlot {
+pub(crate) fn register_pending(shared: &Shared) -> PendingSlot {
     let (slot, evicted) = shared.pending.register();
     if let Some(Evicted(open_for)) = evicted {
         crate::metrics::rejected("evicted");
@@ -383,6 +428,25 @@ fn register_pending(shared: &Shared) -> PendingSlot {
         );
     }
     slot
+}
+
+/// With `--ssl`, the TLS handshake first, here in the connection's own task (see
+/// [`crate::tls`]); an evicted connection or a shutdown ends it too.
+async fn serve_stream<S>(io: S, peer: Peer, slot: PendingSlot, shared: Arc<Shared>)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let Some(tls) = shared.config.tls.clone() else {
+        return serve_connection(io, peer, slot, shared).await;
+    };
+    let stream = tokio::select! {
+        s = tls.accept(io, peer.addr, shared.config.header_timeout) => s,
+        _ = slot.evicted.cancelled() => None,
+        _ = shared.shutdown.cancelled() => None,
+    };
+    if let Some(stream) = stream {
+        serve_connection(stream, peer, slot, shared).await;
+    }
 }
 
 async fn serve_connection<S>(io: S, peer: Peer, slot: PendingSlot, shared: Arc<Shared>)

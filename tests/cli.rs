@@ -721,30 +721,6 @@ fn binary_with_passstderr_is_a_usage_error_naming_both() {
 }
 
 #[test]
-fn tls_flags_in_every_spelling_are_refused_as_not_yet_supported() {
-    let mut cases: Vec<(&str, Vec<Vec<String>>)> = Vec::new();
-    for (flag, value) in [
-        ("sslcert", "x"),
-        ("sslkey", "x"),
-        ("sslca", "x"),
-        ("redirport", "1"),
-    ] {
-        cases.push((flag, value_spellings(flag, value)));
-    }
-    cases.push(("ssl", true_spellings("ssl")));
-    for (flag, spellings) in cases {
-        for spelling in spellings {
-            let mut args: Vec<&str> = spelling.iter().map(String::as_str).collect();
-            args.push("cat");
-            let (code, stdout, stderr) = run_wsd(&args);
-            assert_eq!(code, 2, "{spelling:?}: stderr {stderr}");
-            assert_eq!(stdout, "", "{spelling:?}");
-            assert_one_line_naming(&stderr, &[&format!("--{flag}"), "not yet supported"]);
-        }
-    }
-}
-
-#[test]
 fn no_command_exits_1_with_a_message() {
     let (code, stdout, stderr) = run_wsd(&["--port=8080"]);
     assert_eq!(code, 1, "stderr: {stderr}");

@@ -25,7 +25,7 @@ fn extra_sections() -> Roff {
     for (status, meaning) in [
         ("0", "The server was stopped by SIGINT or SIGTERM and shut down cleanly, or --help, --version, --license or --completions was given."),
         ("1", "No COMMAND and none of --dir, --staticdir, --cgidir (or no arguments at all), COMMAND cannot be found or is not executable, or both COMMAND and --dir were given."),
-        ("2", "A flag is unknown, has a bad value, conflicts with another flag (--binary with --passstderr), or is not yet supported by wsd (--ssl, --sslcert, --sslkey, --sslca, --redirport); or --dir, --staticdir or --cgidir names no directory."),
+        ("2", "A flag is unknown, has a bad value, or conflicts with another flag (--binary with --passstderr, --ssl without --sslcert and --sslkey, --devconsole with --staticdir or --cgidir); or --dir, --staticdir or --cgidir names no directory; or a --sslcert, --sslkey or --sslca file cannot be read or used (no certificate, no key, a key that does not belong to the certificate)."),
         ("3", "wsd cannot listen: the address (or the --metrics address) is in use or cannot be bound, the --unixsocket path is held by a running server, or a socket systemd passed is not a listening stream socket."),
     ] {
         r.control("TP", []);
@@ -56,6 +56,7 @@ fn extra_sections() -> Roff {
         ("HTTPS", "on when a --trusted-proxy says the client used https; otherwise unset."),
         ("AUTH_TYPE, CONTENT_LENGTH, CONTENT_TYPE, REMOTE_IDENT, REMOTE_USER", "Set, empty."),
         ("HTTP_*", "One per request header: HTTP_ORIGIN, HTTP_USER_AGENT, HTTP_COOKIE and so on; repeated headers are joined with a comma."),
+        ("HTTPS", "on with --ssl, unset otherwise."),
     ] {
         r.control("TP", []);
         r.text([bold(name)]);
@@ -99,8 +100,9 @@ fn extra_sections() -> Roff {
     )]);
     for (what, answer) in [
         ("431", "Request line and headers over --max-header-bytes, or more than 100 header fields."),
-        ("400", "A malformed request: a bad request line or header, or TLS on the plain port."),
-        ("(closed)", "No complete request headers within --header-timeout-ms of connecting or of the previous response; \
+        ("400", "A malformed request: a bad request line or header, TLS on the plain port, or plain HTTP on the TLS port."),
+        ("(closed)", "No complete request headers within --header-timeout-ms of connecting or of the previous response \
+         (with --ssl, no finished TLS handshake within it either, 10 s when it is 0); \
          or, beyond --max-pending connections without a finished handshake, the oldest of them."),
         ("429", "--maxforks programs are running."),
         ("503", "wsd is out of file descriptors (one is held in reserve to answer), or a program cannot be started \
@@ -128,6 +130,13 @@ fn extra_sections() -> Roff {
     r.text([roman(
         "Graceful shutdown: wsd stops accepting connections, closes every WebSocket with 1001 (going away) \
          and ends every program as if its client had left, then exits 0.",
+    )]);
+    r.control("TP", []);
+    r.text([bold("SIGHUP")]);
+    r.text([roman(
+        "With --ssl: read the --sslcert, --sslkey and --sslca files again and use them for new connections; \
+         open connections keep theirs. If the files cannot be used, the previous certificate stays and the error is logged. \
+         Without --ssl: logged and otherwise ignored.",
     )]);
     r.control("PP", []);
     r.text([roman(
