@@ -4,8 +4,8 @@
 #      with apt-get when missing (as root); builds websocat 1.x into target/bench/websocat once
 #   2. runs each scenario with every server started together, pinned with their programs to
 #      one core, and the load generator on another, taking turns in short slices:
-#      spawn (the raw cost of starting a program), churn, echo, pipeline, flood, then idle
-#      memory and soak one server at a time
+#      spawn (the raw cost of starting a program), churn, echo, pipeline, flood, broadcast
+#      (one feed, many clients), then idle memory and soak one server at a time
 #   3. prints a table per scenario (medians over slices; ratios are wsd's advantage, above 1
 #      means wsd is better) and the issue's targets, and writes target/bench/results.json
 #
@@ -14,7 +14,8 @@
 #
 # Environment: BENCH_SERVER_CPU (default 1) and BENCH_LOADGEN_CPU (default 0) choose the
 # cores; BENCH_LOGLEVEL (default error) is the servers' --loglevel; BENCH_PORT (default 18100)
-# the first port used. Only processes this script started are ever stopped.
+# the first port used; BENCH_SCENARIOS (default all) a space-separated subset of: spawn churn
+# echo_pipeline flood broadcast idle soak. Only processes this script started are ever stopped.
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -54,12 +55,18 @@ FLOOD_LINE=0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ+
 if [ $QUICK = 1 ]; then
   ROUNDS=2 SLICE_MS=200 CHURN_SLICE_MS=300 PAUSE_MS=100 IDLE_SETTLE_MS=500
   IDLE_COUNTS=(100 300) SOAK_CYCLES=300
+  BCAST_CLIENTS=200 BCAST_ROUNDS=1 BCAST_SLICE_MS=1500
 else
   ROUNDS=5 SLICE_MS=1000 CHURN_SLICE_MS=1500 PAUSE_MS=150 IDLE_SETTLE_MS=2000
   # The open-file hard limit is 20,000 per process; at about 4 descriptors per connection
   # that is some 4,950 connections (a server that needs more per connection stops earlier).
   IDLE_COUNTS=(1000 4950) SOAK_CYCLES=10000
+  BCAST_CLIENTS=1000 BCAST_ROUNDS=3 BCAST_SLICE_MS=5000
 fi
+# The broadcast feed: a stamped 64-byte line every BCAST_TICK_US microseconds, 20 a second:
+# 20,000 messages a second to 1,000 clients, well within what the load generator can take in
+# (about 90,000 a second), so that the latency measured is the servers'.
+BCAST_TICK_US=50000
 TURNS=(--rounds "$ROUNDS" --slice-ms "$SLICE_MS" --pause-ms "$PAUSE_MS")
 
 started_at=$SECONDS
@@ -213,8 +220,9 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-# start_one NAME CEILING_MODE PROGRAM [ARGS...]: one server serving PROGRAM (the ceiling
-# serves CEILING_MODE in process instead).
+# start_one NAME MODE PROGRAM [ARGS...]: one server serving PROGRAM. MODE is what the ceiling
+# does in process instead (one, echo, flood, broadcast); `broadcast` also makes wsd and
+# websocat share one PROGRAM among all clients.
 start_one() {
   local name=$1 mode=$2
   shift 2
@@ -222,8 +230,10 @@ start_one() {
   shift
   case $name in
     wsd)
+      local shared=()
+      [ "$mode" = broadcast ] && shared=(--broadcast)
       start wsd "$WSD" --port @PORT@ --address 127.0.0.1 --loglevel "$LOGLEVEL" \
-        --maxforks 0 "$program" "$@"
+        --maxforks 0 "${shared[@]}" "$program" "$@"
       ;;
     websocketd)
       start websocketd websocketd --port @PORT@ --address 127.0.0.1 --loglevel "$LOGLEVEL" \
@@ -232,18 +242,27 @@ start_one() {
     websocat)
       local exec_args=()
       [ $# -gt 0 ] && exec_args=(--exec-args "$@")
-      start websocat "$WEBSOCAT" -t -E --linemode-strip-newlines ws-l:127.0.0.1:@PORT@ \
-        "exec:$program" "${exec_args[@]}"
+      if [ "$mode" = broadcast ]; then
+        # Its broadcast reuser shares one program among all clients, as wsd --broadcast;
+        # the queue as long as wsd's --send-queue (without -E: one client's leaving must not
+        # end the rest).
+        start websocat "$WEBSOCAT" -t --linemode-strip-newlines --queue-len 1024 \
+          ws-l:127.0.0.1:@PORT@ "broadcast:exec:$program" "${exec_args[@]}"
+      else
+        start websocat "$WEBSOCAT" -t -E --linemode-strip-newlines ws-l:127.0.0.1:@PORT@ \
+          "exec:$program" "${exec_args[@]}"
+      fi
       ;;
     ceiling)
       local line=hi
       [ "$mode" = flood ] && line=$FLOOD_LINE
-      start ceiling "$LOADGEN" serve --port @PORT@ --mode "$mode" --line "$line"
+      start ceiling "$LOADGEN" serve --port @PORT@ --mode "$mode" --line "$line" \
+        --interval-us "$BCAST_TICK_US"
       ;;
   esac
 }
 
-# start_set CEILING_MODE PROGRAM [ARGS...]: every server at once.
+# start_set MODE PROGRAM [ARGS...]: every server at once.
 start_set() {
   local name
   for name in "${SERVERS[@]}"; do start_one "$name" "$@" || true; done
@@ -304,6 +323,16 @@ scenario_flood() {
   report flood
 }
 
+scenario_broadcast() {
+  say "broadcast: $BCAST_CLIENTS clients of one feed, a stamped line every ${BCAST_TICK_US} us" \
+    "(wsd --broadcast and websocat's broadcast: run one program; websocketd one per client)"
+  start_set broadcast "$PWD/$LOADGEN" tick --interval-us "$BCAST_TICK_US"
+  loadgen broadcast --clients "$BCAST_CLIENTS" --interval-us "$BCAST_TICK_US" \
+    --rounds "$BCAST_ROUNDS" --slice-ms "$BCAST_SLICE_MS" --pause-ms "$PAUSE_MS"
+  stop_all
+  report broadcast
+}
+
 scenario_idle() {
   local n name
   for n in "${IDLE_COUNTS[@]}"; do
@@ -350,7 +379,7 @@ echo "ratios are wsd's advantage: above 1 means wsd is better; 'of ceiling' is w
 echo "in-process server with no child process ('ceiling')"
 
 bench_started=$SECONDS
-for scenario in spawn churn echo_pipeline flood idle soak; do
+for scenario in ${BENCH_SCENARIOS:-spawn churn echo_pipeline flood broadcast idle soak}; do
   t0=$SECONDS
   "scenario_$scenario"
   printf '(%s: %ss)\n' "$scenario" "$((SECONDS - t0))"

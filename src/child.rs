@@ -3,14 +3,27 @@
 //!
 //! Signals go to the whole group (`kill(-pgid)`), so background grandchildren (`tail -f &` in a
 //! script) end with their parent; websocketd signals only the child and orphans them.
+//!
+//! Spawning is one `posix_spawn` (a `vfork`-style clone: the parent's memory is not copied)
+//! with three pipes, and reaping is one process-wide [`Reaper`] driven by SIGCHLD, rather than
+//! `tokio::process`, which opens a pidfd per child: that is a fifth descriptor per connection
+//! (wsd would run out of descriptors a fifth sooner than with four) and a registration with
+//! the event loop, a `pidfd_open` and a `close` per connection.
 
-use std::ffi::OsString;
+use std::collections::HashMap;
+use std::ffi::{CString, OsString};
 use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
-use std::process::{ExitStatus, Stdio};
+use std::process::ExitStatus;
+use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
-use tokio::process::{Child, ChildStderr, ChildStdin, ChildStdout, Command};
+use tokio::process::{ChildStderr, ChildStdin, ChildStdout};
+use tokio::signal::unix::{signal, Signal, SignalKind};
+use tokio::sync::oneshot;
 
 /// How long a program gets after its stdin is closed, and then after each signal, before the
 /// next step (websocketd's schedule); `--closems` is added to each of the first three.
@@ -23,11 +36,12 @@ const STEPS: [(Option<libc::c_int>, Duration); 4] = [
 
 /// A running program and the pipes to it.
 pub struct ChildProcess {
-    child: Child,
     pid: u32,
+    /// The exit status, from the reaper, once the program has exited.
+    status: oneshot::Receiver<ExitStatus>,
     /// Set once `wait` has returned: the pid is then no longer ours to signal.
-    reaped: bool,
-    /// Counts the program as running until it is reaped.
+    exit: Option<Exit>,
+    /// Counts the program as running (`--metrics`) until it is reaped.
     running: Option<crate::metrics::ChildRunning>,
     pub stdin: Option<ChildStdin>,
     pub stdout: Option<ChildStdout>,
@@ -46,7 +60,6 @@ impl Exit {
 
 impl std::fmt::Display for Exit {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        use std::os::unix::process::ExitStatusExt;
         match (self.0.code(), self.0.signal()) {
             (Some(code), _) => write!(f, "exit status {code}"),
             (None, Some(sig)) => write!(f, "killed by signal {sig} ({})", signal_name(sig)),
@@ -71,25 +84,44 @@ fn signal_name(sig: i32) -> &'static str {
 
 impl ChildProcess {
     /// Starts `program` with exactly `env`, in a new process group, with all three stdio piped.
+    ///
+    /// As with `std::process::Command` (`env_clear().envs(env)`), the environment is sorted by
+    /// name and a name given twice keeps its last value.
     pub fn spawn(
         program: &Path,
         args: &[OsString],
         env: Vec<(OsString, OsString)>,
     ) -> io::Result<ChildProcess> {
-        let mut cmd = Command::new(program);
-        cmd.args(args)
-            .env_clear()
-            .envs(env)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .process_group(0)
-            .kill_on_drop(false);
+        let reaper = Reaper::get()?;
+        let program = cstring(program.as_os_str().as_bytes())?;
+        let mut argv = Vec::with_capacity(args.len() + 1);
+        argv.push(program.clone());
+        for a in args {
+            argv.push(cstring(a.as_bytes())?);
+        }
+        let envp = environment(env)?;
+        let Pipe {
+            read: child_stdin,
+            write: stdin,
+        } = Pipe::new()?;
+        let Pipe {
+            read: stdout,
+            write: child_stdout,
+        } = Pipe::new()?;
+        let Pipe {
+            read: stderr,
+            write: child_stderr,
+        } = Pipe::new()?;
         // A script that is being written (or was just written by a process that has forked
         // since) fails with ETXTBSY for a moment: try again briefly before giving up.
         let mut tries = 0;
-        let mut child = loop {
-            match cmd.spawn() {
+        let pid = loop {
+            match spawn::posix_spawn(
+                &program,
+                &argv,
+                &envp,
+                [&child_stdin, &child_stdout, &child_stderr],
+            ) {
                 Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) && tries < 5 => {
                     tries += 1;
                     std::thread::sleep(Duration::from_millis(2 << tries));
@@ -97,17 +129,17 @@ impl ChildProcess {
                 other => break other.inspect_err(|_| crate::metrics::spawn_failed())?,
             }
         };
-        let pid = child
-            .id()
-            .ok_or_else(|| io::Error::other("child exited before its pid was read"))?;
+        // Only the child may hold these: its output ends when it closes them.
+        drop((child_stdin, child_stdout, child_stderr));
+        let status = reaper.register(pid);
         Ok(ChildProcess {
-            stdin: child.stdin.take(),
-            stdout: child.stdout.take(),
-            stderr: child.stderr.take(),
-            child,
             pid,
-            reaped: false,
+            status,
+            exit: None,
             running: Some(crate::metrics::ChildRunning::start()),
+            stdin: Some(ChildStdin::from_std(stdin.into())?),
+            stdout: Some(ChildStdout::from_std(stdout.into())?),
+            stderr: Some(ChildStderr::from_std(stderr.into())?),
         })
     }
 
@@ -115,18 +147,36 @@ impl ChildProcess {
         self.pid
     }
 
-    /// Waits for the program to exit (cancel-safe).
+    /// Waits for the program to exit (cancel-safe; after the first return, at once).
     pub async fn wait(&mut self) -> io::Result<Exit> {
-        let status = self.child.wait().await?;
-        self.reaped = true;
+        if let Some(exit) = self.exit {
+            return Ok(exit);
+        }
+        let status = (&mut self.status)
+            .await
+            .map_err(|_| io::Error::other("the reaper of child processes has stopped"))?;
+        let exit = Exit(status);
+        self.exit = Some(exit);
         self.running = None;
-        Ok(Exit(status))
+        Ok(exit)
+    }
+
+    /// Whether the program has exited and been reaped (its status taken, if it has come).
+    fn reaped(&mut self) -> bool {
+        if self.exit.is_none() {
+            if let Ok(status) = self.status.try_recv() {
+                self.exit = Some(Exit(status));
+                self.running = None;
+            }
+        }
+        self.exit.is_some()
     }
 
     /// Sends `sig` to the program's whole process group.
     fn signal_group(&self, sig: libc::c_int) {
-        // The group id is the child's pid (process_group(0)); the pid stays reserved as a
-        // group id while any member lives, so this cannot reach an unrelated process.
+        // The group id is the child's pid (POSIX_SPAWN_SETPGROUP with 0); the pid stays
+        // reserved as a group id while any member lives, so this cannot reach an unrelated
+        // process.
         // SAFETY: kill has no memory-safety preconditions.
         unsafe {
             libc::kill(-(self.pid as libc::pid_t), sig);
@@ -141,6 +191,11 @@ impl ChildProcess {
         let mut exit = None;
         for (sig, wait) in STEPS {
             if let Some(sig) = sig {
+                if self.reaped() {
+                    // Exited since the last wait: its group is signalled below if need be.
+                    exit = self.exit;
+                    break;
+                }
                 crate::debug!(
                     "process",
                     "sending {} to process group {}",
@@ -174,10 +229,295 @@ impl ChildProcess {
 
 impl Drop for ChildProcess {
     /// A session that ends abnormally (a panic, say) must not leave its program running: kill
-    /// the group; tokio reaps the dropped child in the background.
+    /// the group; the reaper reaps the child when it has died.
     fn drop(&mut self) {
-        if !self.reaped {
+        if !self.reaped() {
             self.signal_group(libc::SIGKILL);
         }
+    }
+}
+
+fn cstring(bytes: &[u8]) -> io::Result<CString> {
+    CString::new(bytes).map_err(|_| {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "nul byte found in provided data",
+        )
+    })
+}
+
+/// `NAME=value` strings, sorted by name, the last of a repeated name kept.
+fn environment(mut env: Vec<(OsString, OsString)>) -> io::Result<Vec<CString>> {
+    // Stable: among equal names, the order given is kept, so the last is the last.
+    env.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut out: Vec<CString> = Vec::with_capacity(env.len());
+    let mut last_name: Option<OsString> = None;
+    for (k, v) in env {
+        let mut kv = Vec::with_capacity(k.len() + v.len() + 2);
+        kv.extend_from_slice(k.as_bytes());
+        kv.push(b'=');
+        kv.extend_from_slice(v.as_bytes());
+        let kv = cstring(&kv)?;
+        if last_name.as_ref() == Some(&k) {
+            if let Some(prev) = out.last_mut() {
+                *prev = kv;
+            }
+        } else {
+            out.push(kv);
+            last_name = Some(k);
+        }
+    }
+    Ok(out)
+}
+
+/// Both ends of a pipe, closed on exec (the child gets its ends through `dup2`, which clears
+/// the flag on the copy).
+struct Pipe {
+    read: OwnedFd,
+    write: OwnedFd,
+}
+
+impl Pipe {
+    fn new() -> io::Result<Pipe> {
+        let mut fds = [0 as libc::c_int; 2];
+        // SAFETY: pipe2 writes two descriptors into the array, which then belong to us alone.
+        unsafe {
+            if libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(Pipe {
+                read: OwnedFd::from_raw_fd(fds[0]),
+                write: OwnedFd::from_raw_fd(fds[1]),
+            })
+        }
+    }
+}
+
+/// The one `posix_spawn` call, with its attribute and file-action objects.
+mod spawn {
+    use super::*;
+
+    /// Owns an initialised `posix_spawnattr_t`.
+    struct Attr(libc::posix_spawnattr_t);
+
+    impl Drop for Attr {
+        fn drop(&mut self) {
+            // SAFETY: initialised in `posix_spawn` below before this value was made.
+            unsafe { libc::posix_spawnattr_destroy(&mut self.0) };
+        }
+    }
+
+    /// Owns an initialised `posix_spawn_file_actions_t`.
+    struct Actions(libc::posix_spawn_file_actions_t);
+
+    impl Drop for Actions {
+        fn drop(&mut self) {
+            // SAFETY: initialised in `posix_spawn` below before this value was made.
+            unsafe { libc::posix_spawn_file_actions_destroy(&mut self.0) };
+        }
+    }
+
+    fn check(rc: libc::c_int) -> io::Result<()> {
+        if rc == 0 {
+            Ok(())
+        } else {
+            Err(io::Error::from_raw_os_error(rc))
+        }
+    }
+
+    fn pointers(strings: &[CString]) -> Vec<*mut libc::c_char> {
+        strings
+            .iter()
+            .map(|s| s.as_ptr().cast_mut())
+            .chain(std::iter::once(std::ptr::null_mut()))
+            .collect()
+    }
+
+    /// Starts `program` (a path, not searched for in PATH) with `stdio` as its descriptors 0,
+    /// 1 and 2, in a process group of its own, with an empty signal mask and SIGPIPE at its
+    /// default action (wsd ignores it, as every Rust program does, and ignored signals stay
+    /// ignored across exec): what `std::process::Command` sets up too.
+    pub(super) fn posix_spawn(
+        program: &CString,
+        argv: &[CString],
+        envp: &[CString],
+        stdio: [&OwnedFd; 3],
+    ) -> io::Result<u32> {
+        let argv = pointers(argv);
+        let envp = pointers(envp);
+        // SAFETY: the attribute and file-action objects are initialised before use and
+        // destroyed once (by their owners' Drop); every pointer passed to posix_spawn is to a
+        // NUL-terminated string or a null-terminated array of them that outlives the call; the
+        // descriptors are open (borrowed from their owners for the call). The standard
+        // descriptors 0-2 of wsd itself are always open (Rust's runtime opens /dev/null for
+        // any that are not), so the pipes' descriptors are above 2 and no dup2 below
+        // overwrites another's source.
+        unsafe {
+            let mut attr = std::mem::zeroed::<libc::posix_spawnattr_t>();
+            check(libc::posix_spawnattr_init(&mut attr))?;
+            let mut attr = Attr(attr);
+            let mut actions = std::mem::zeroed::<libc::posix_spawn_file_actions_t>();
+            check(libc::posix_spawn_file_actions_init(&mut actions))?;
+            let mut actions = Actions(actions);
+
+            let mut empty = std::mem::zeroed::<libc::sigset_t>();
+            libc::sigemptyset(&mut empty);
+            check(libc::posix_spawnattr_setsigmask(&mut attr.0, &empty))?;
+            let mut default = std::mem::zeroed::<libc::sigset_t>();
+            libc::sigemptyset(&mut default);
+            libc::sigaddset(&mut default, libc::SIGPIPE);
+            check(libc::posix_spawnattr_setsigdefault(&mut attr.0, &default))?;
+            check(libc::posix_spawnattr_setpgroup(&mut attr.0, 0))?;
+            let flags = libc::POSIX_SPAWN_SETPGROUP
+                | libc::POSIX_SPAWN_SETSIGMASK
+                | libc::POSIX_SPAWN_SETSIGDEF;
+            check(libc::posix_spawnattr_setflags(
+                &mut attr.0,
+                flags as libc::c_short,
+            ))?;
+            for (target, fd) in stdio.iter().enumerate() {
+                check(libc::posix_spawn_file_actions_adddup2(
+                    &mut actions.0,
+                    fd.as_raw_fd(),
+                    target as libc::c_int,
+                ))?;
+            }
+
+            let mut pid: libc::pid_t = 0;
+            check(libc::posix_spawn(
+                &mut pid,
+                program.as_ptr(),
+                &actions.0,
+                &attr.0,
+                argv.as_ptr(),
+                envp.as_ptr(),
+            ))?;
+            Ok(pid as u32)
+        }
+    }
+}
+
+/// Reaps every child of wsd as it exits and hands each exit status to the [`ChildProcess`]
+/// that waits for it.
+///
+/// One task for the whole process: on SIGCHLD it collects every exited child with
+/// `waitpid(-1, WNOHANG)` and sends each status through the child's channel, so an exit
+/// costs one lookup, however many children run, and no descriptor. All of wsd's children are
+/// started by [`ChildProcess::spawn`]: reaping any child is reaping one of ours.
+struct Reaper {
+    table: Mutex<Table>,
+}
+
+#[derive(Default)]
+struct Table {
+    /// Running children, by pid.
+    waiting: HashMap<u32, oneshot::Sender<ExitStatus>>,
+    /// Children reaped before they were registered (they exited at once, and SIGCHLD was
+    /// handled between `posix_spawn` returning and `register`).
+    early: HashMap<u32, ExitStatus>,
+}
+
+static REAPER: OnceLock<Reaper> = OnceLock::new();
+
+impl Reaper {
+    /// The reaper, started on first use. SIGCHLD is being listened for before this returns,
+    /// so no exit of a child spawned afterwards goes unnoticed.
+    fn get() -> io::Result<&'static Reaper> {
+        if let Some(r) = REAPER.get() {
+            return Ok(r);
+        }
+        let sigchld = signal(SignalKind::child())?;
+        let mut first = false;
+        let reaper = REAPER.get_or_init(|| {
+            first = true;
+            Reaper {
+                table: Mutex::new(Table::default()),
+            }
+        });
+        if first {
+            // Runs as long as the runtime: reaping is a service of the process, not of a
+            // connection, and there is nothing to stop.
+            tokio::spawn(reaper.run(sigchld));
+        }
+        Ok(reaper)
+    }
+
+    async fn run(&'static self, mut sigchld: Signal) {
+        loop {
+            self.reap();
+            if sigchld.recv().await.is_none() {
+                return;
+            }
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Table> {
+        self.table.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The channel `pid`'s exit status will come through.
+    fn register(&self, pid: u32) -> oneshot::Receiver<ExitStatus> {
+        let (tx, rx) = oneshot::channel();
+        let mut table = self.lock();
+        match table.early.remove(&pid) {
+            Some(status) => {
+                let _ = tx.send(status);
+            }
+            None => {
+                table.waiting.insert(pid, tx);
+            }
+        }
+        rx
+    }
+
+    /// Collects every child that has exited. SIGCHLDs arriving together are delivered as one,
+    /// so this takes all there are, not one per signal.
+    fn reap(&self) {
+        loop {
+            let mut raw = 0;
+            // SAFETY: waitpid writes the status into a local.
+            let pid = unsafe { libc::waitpid(-1, &mut raw, libc::WNOHANG) };
+            if pid == -1 && io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            // 0: children run, none has exited; -1 (ECHILD): there are none.
+            if pid <= 0 {
+                return;
+            }
+            let status = ExitStatus::from_raw(raw);
+            let mut table = self.lock();
+            match table.waiting.remove(&(pid as u32)) {
+                // The receiver is gone if its ChildProcess was dropped: nothing to tell.
+                Some(tx) => {
+                    let _ = tx.send(status);
+                }
+                None => {
+                    table.early.insert(pid as u32, status);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(OsString, OsString)> {
+        pairs.iter().map(|(k, v)| (k.into(), v.into())).collect()
+    }
+
+    #[test]
+    fn the_environment_is_sorted_and_a_repeated_name_keeps_its_last_value() {
+        let out =
+            environment(env(&[("PATH", "/bin"), ("B", "1"), ("A", "x"), ("B", "2")])).unwrap();
+        let out: Vec<&str> = out.iter().map(|c| c.to_str().unwrap()).collect();
+        assert_eq!(out, ["A=x", "B=2", "PATH=/bin"]);
+    }
+
+    #[test]
+    fn a_nul_byte_in_the_environment_is_refused() {
+        let e = environment(env(&[("A", "x\0y")])).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::InvalidInput);
     }
 }

@@ -312,6 +312,25 @@ async fn three_hundred_cycles_ending_in_close_fin_or_rst_leave_no_zombies_orphan
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_connection_holds_four_descriptors_its_socket_and_three_pipes() {
+    // websocketd holds four too; a fifth (a pidfd per child, say) would make wsd run out of
+    // descriptors a fifth sooner.
+    let wsd = GracefulWsd::start(&["cat"]);
+    let mut warm = wsd.connect("/").await;
+    warm.send_text("warm").await;
+    assert_eq!(warm.recv_text().await, "warm");
+    let before = fd_count(wsd.pid());
+    let mut clients = Vec::new();
+    for i in 0..10 {
+        let mut c = wsd.connect("/").await;
+        c.send_text(&format!("hello {i}")).await;
+        assert_eq!(c.recv_text().await, format!("hello {i}"));
+        clients.push(c);
+    }
+    assert_eq!(fd_count(wsd.pid()), before + 40);
+}
+
 // ---- the program's stderr ---------------------------------------------------------------------
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -5,6 +5,7 @@
 //! This is a separate workspace member: wsd does not depend on it.
 
 mod client;
+mod fanout;
 mod idle;
 mod load;
 mod procfs;
@@ -14,6 +15,7 @@ mod slices;
 mod soak;
 mod spawn;
 mod target;
+mod tick;
 
 use std::fs::OpenOptions;
 use std::io::Write;
@@ -78,6 +80,39 @@ enum Command {
         /// The line sent by `one` and `flood`.
         #[arg(long, default_value = "hi")]
         line: String,
+        /// `broadcast`: a burst of stamped lines every this many microseconds.
+        #[arg(long, default_value_t = 10_000)]
+        interval_us: u64,
+        /// `broadcast`: lines per burst.
+        #[arg(long, default_value_t = 1)]
+        burst: usize,
+    },
+    /// The broadcast scenario's program: prints BURST timestamped lines every INTERVAL_US.
+    Tick {
+        #[arg(long)]
+        interval_us: u64,
+        #[arg(long, default_value_t = 1)]
+        burst: usize,
+        /// Length of each line without its newline.
+        #[arg(long, default_value_t = 63)]
+        line: usize,
+        /// Stop after this many seconds at the latest.
+        #[arg(long, default_value_t = 600)]
+        max_secs: u64,
+    },
+    /// Many clients of one feed: delivered messages/s, fan-out latency, clients kicked.
+    Broadcast {
+        #[command(flatten)]
+        t: Targets,
+        #[command(flatten)]
+        turns: Turns,
+        #[arg(long)]
+        clients: usize,
+        /// The program's rate, for the case name: a burst every this many microseconds.
+        #[arg(long)]
+        interval_us: u64,
+        #[arg(long, default_value_t = 1)]
+        burst: usize,
     },
     /// Connections per second and time to the first message, opening and closing.
     Churn {
@@ -293,6 +328,24 @@ async fn measure(command: Command) -> Result<()> {
             .await;
             append(&t.out, &r)
         }
+        Command::Broadcast {
+            t,
+            turns,
+            clients,
+            interval_us,
+            burst,
+        } => {
+            let per_client = burst as f64 * 1e6 / interval_us.max(1) as f64;
+            let case = format!(
+                "{clients} clients, {per_client:.0} lines/s each ({:.0} msg/s offered)",
+                per_client * clients as f64
+            );
+            let r = take_turns("broadcast", &case, &t.targets, turns.plan(), |tg, len| {
+                fanout::run(tg, len, clients)
+            })
+            .await;
+            append(&t.out, &r)
+        }
         Command::Idle {
             t,
             conns,
@@ -334,7 +387,9 @@ async fn measure(command: Command) -> Result<()> {
             .await;
             append(&out, &r)
         }
-        Command::Serve { .. } | Command::Report { .. } => unreachable!("handled in main"),
+        Command::Serve { .. } | Command::Report { .. } | Command::Tick { .. } => {
+            unreachable!("handled in main")
+        }
     }
 }
 
@@ -356,10 +411,36 @@ fn main() -> Result<()> {
         ),
         // Like the servers it stands in for: a multi-threaded runtime, one worker per core it
         // is allowed (bench.sh pins it to the servers' core).
-        Command::Serve { port, mode, line } => tokio::runtime::Builder::new_multi_thread()
+        Command::Serve {
+            port,
+            mode,
+            line,
+            interval_us,
+            burst,
+        } => tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()?
-            .block_on(serve::run(port, mode, line)),
+            .block_on(serve::run(
+                port,
+                mode,
+                line,
+                Duration::from_micros(interval_us),
+                burst,
+            )),
+        Command::Tick {
+            interval_us,
+            burst,
+            line,
+            max_secs,
+        } => {
+            tick::run(
+                Duration::from_micros(interval_us),
+                burst,
+                line,
+                Duration::from_secs(max_secs),
+            );
+            Ok(())
+        }
         // The client side runs on one thread on a core of its own.
         command => tokio::runtime::Builder::new_current_thread()
             .enable_all()

@@ -8,6 +8,9 @@ use anyhow::{Context, Result};
 use clap::ValueEnum;
 use futures_util::{FutureExt, SinkExt, StreamExt};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::broadcast;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message;
 
@@ -20,6 +23,9 @@ pub enum Mode {
     Echo,
     /// Send the line over and over (flood).
     Flood,
+    /// Send every client the same stamped lines at a fixed rate (broadcast), through a
+    /// bounded queue per client; one that falls behind is closed with 1013, as wsd does.
+    Broadcast,
 }
 
 /// The buffer sizes wsd gives tungstenite (its defaults, 128 KiB each, would make the ceiling's
@@ -35,7 +41,22 @@ const FLOOD_BATCH: usize = 32;
 /// How long a closing connection waits for the client's close frame.
 const CLOSE_WAIT: Duration = Duration::from_secs(5);
 
-pub async fn run(port: u16, mode: Mode, line: String) -> Result<()> {
+/// Lines queued per broadcast client (wsd's default `--send-queue`).
+const SEND_QUEUE: usize = 1024;
+/// Most queued broadcast lines sent with one flush (as wsd).
+const FEED_BATCH: usize = 64;
+
+pub async fn run(
+    port: u16,
+    mode: Mode,
+    line: String,
+    interval: Duration,
+    burst: usize,
+) -> Result<()> {
+    let (feed, _) = broadcast::channel::<Message>(SEND_QUEUE);
+    if let Mode::Broadcast = mode {
+        tokio::spawn(tick(feed.clone(), interval, burst));
+    }
     let listener = TcpListener::bind(("127.0.0.1", port))
         .await
         .with_context(|| format!("cannot listen on 127.0.0.1:{port}"))?;
@@ -49,13 +70,37 @@ pub async fn run(port: u16, mode: Mode, line: String) -> Result<()> {
             }
         };
         let line = line.clone();
+        let feed = feed.subscribe();
         tokio::spawn(async move {
-            let _ = serve_one(tcp, mode, line).await;
+            let _ = serve_one(tcp, mode, line, feed).await;
         });
     }
 }
 
-async fn serve_one(tcp: TcpStream, mode: Mode, line: String) -> Result<()> {
+/// The in-process program of `broadcast`: the stamped lines of `tick`, at its rate; lines
+/// are made only while someone listens.
+async fn tick(feed: broadcast::Sender<Message>, interval: Duration, burst: usize) {
+    let mut timer = tokio::time::interval(interval);
+    timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut seq = 0u64;
+    loop {
+        timer.tick().await;
+        if feed.receiver_count() == 0 {
+            continue;
+        }
+        for _ in 0..burst {
+            seq += 1;
+            let _ = feed.send(Message::text(crate::tick::line(seq, 63)));
+        }
+    }
+}
+
+async fn serve_one(
+    tcp: TcpStream,
+    mode: Mode,
+    line: String,
+    mut feed: broadcast::Receiver<Message>,
+) -> Result<()> {
     tcp.set_nodelay(true)?;
     let mut ws = tokio_tungstenite::accept_async_with_config(tcp, Some(config())).await?;
     match mode {
@@ -82,6 +127,46 @@ async fn serve_one(tcp: TcpStream, mode: Mode, line: String) -> Result<()> {
                     }
                 }
                 ws.flush().await?;
+            }
+        }
+        Mode::Broadcast => {
+            let (mut sink, mut stream) = ws.split();
+            let reader = async { while let Some(Ok(_)) = stream.next().await {} };
+            let writer = async {
+                loop {
+                    let first = match feed.recv().await {
+                        Ok(m) => m,
+                        Err(broadcast::error::RecvError::Lagged(_)) => {
+                            let close = CloseFrame {
+                                code: CloseCode::Again,
+                                reason: "too slow".into(),
+                            };
+                            let _ = sink.send(Message::Close(Some(close))).await;
+                            return;
+                        }
+                        Err(broadcast::error::RecvError::Closed) => return,
+                    };
+                    if sink.feed(first).await.is_err() {
+                        return;
+                    }
+                    for _ in 1..FEED_BATCH {
+                        match feed.try_recv() {
+                            Ok(m) => {
+                                if sink.feed(m).await.is_err() {
+                                    return;
+                                }
+                            }
+                            Err(_) => break,
+                        }
+                    }
+                    if sink.flush().await.is_err() {
+                        return;
+                    }
+                }
+            };
+            tokio::select! {
+                _ = reader => {}
+                _ = writer => {}
             }
         }
         Mode::Flood => {
