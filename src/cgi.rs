@@ -257,7 +257,7 @@ fn environment(
 /// or the script stays silent too long.
 async fn stream_body(
     child: &mut ChildProcess,
-    mut stdout: tokio::process::ChildStdout,
+    mut stdout: crate::child::ChildStdout,
     first: Bytes,
     tx: mpsc::Sender<Bytes>,
     timeout: std::time::Duration,

@@ -21,7 +21,7 @@ use std::process::ExitStatus;
 use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
-use tokio::process::{ChildStderr, ChildStdin, ChildStdout};
+use tokio::net::unix::pipe;
 use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio::sync::oneshot;
 
@@ -33,6 +33,14 @@ const STEPS: [(Option<libc::c_int>, Duration); 4] = [
     (Some(libc::SIGTERM), Duration::from_millis(500)),
     (Some(libc::SIGKILL), Duration::from_millis(1000)),
 ];
+
+/// wsd's end of the program's stdin.
+pub type ChildStdin = pipe::Sender;
+/// wsd's end of the program's stdout. A [`pipe::Receiver`] can be waited on for data without
+/// a buffer (`readable`), so that an idle connection holds no read buffer.
+pub type ChildStdout = pipe::Receiver;
+/// wsd's end of the program's stderr.
+pub type ChildStderr = pipe::Receiver;
 
 /// A running program and the pipes to it.
 pub struct ChildProcess {
@@ -137,9 +145,9 @@ impl ChildProcess {
             status,
             exit: None,
             running: Some(crate::metrics::ChildRunning::start()),
-            stdin: Some(ChildStdin::from_std(stdin.into())?),
-            stdout: Some(ChildStdout::from_std(stdout.into())?),
-            stderr: Some(ChildStderr::from_std(stderr.into())?),
+            stdin: Some(ChildStdin::from_owned_fd_unchecked(nonblocking(stdin)?)?),
+            stdout: Some(ChildStdout::from_owned_fd_unchecked(nonblocking(stdout)?)?),
+            stderr: Some(ChildStderr::from_owned_fd_unchecked(nonblocking(stderr)?)?),
         })
     }
 
@@ -268,6 +276,16 @@ fn environment(mut env: Vec<(OsString, OsString)>) -> io::Result<Vec<CString>> {
         }
     }
     Ok(out)
+}
+
+/// wsd's end of a pipe, made non-blocking (the child's end stays blocking, as programs expect).
+fn nonblocking(fd: OwnedFd) -> io::Result<OwnedFd> {
+    // SAFETY: fcntl on a descriptor we own. A new pipe end has no status flags but its access
+    // mode, which F_SETFL leaves alone.
+    if unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, libc::O_NONBLOCK) } == -1 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(fd)
 }
 
 /// Both ends of a pipe, closed on exec (the child gets its ends through `dup2`, which clears

@@ -3,26 +3,32 @@
 //! Text mode: each line, without its `\n` (and a `\r` before it), is one message; a final line
 //! without `\n` is delivered at end of file; a line longer than the limit is delivered in
 //! pieces of the limit's size, split on a UTF-8 character boundary where possible. The caller
-//! reads into [`LineSplitter::buffer`] and then takes the complete lines.
+//! reads with [`LineSplitter::read_from`] and then takes the complete lines.
+//!
+//! Reads wait for the pipe to have data before taking a buffer, and a buffer holding no partial
+//! line is let go: an idle connection holds no read buffer at all (two 64 KiB buffers, for
+//! stdout and stderr, would be most of its memory).
+
+use std::io;
 
 use bytes::{Bytes, BytesMut};
-use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::net::unix::pipe;
 
 /// How much to read from a pipe at once (the pipe's own capacity on Linux).
 pub const READ_CHUNK: usize = 64 * 1024;
 
 /// A program's stdout cut into message payloads: complete lines in text mode, the bytes of each
 /// read in binary mode.
-pub struct Output<R> {
-    source: R,
+pub struct Output {
+    source: pipe::Receiver,
     binary: bool,
     lines: LineSplitter,
     chunk: BytesMut,
     warned_split: bool,
 }
 
-impl<R: AsyncRead + Unpin> Output<R> {
-    pub fn new(source: R, binary: bool, max_line: usize) -> Output<R> {
+impl Output {
+    pub fn new(source: pipe::Receiver, binary: bool, max_line: usize) -> Output {
         Output {
             source,
             binary,
@@ -33,13 +39,12 @@ impl<R: AsyncRead + Unpin> Output<R> {
     }
 
     /// Reads once: the payloads that read completed, and whether the output has ended.
-    /// Cancel-safe: the only await is the read itself.
+    /// Cancel-safe: the only await is the wait for data.
     pub async fn read(&mut self) -> (Vec<Bytes>, bool) {
         let read = if self.binary {
-            self.chunk.reserve(READ_CHUNK);
-            self.source.read_buf(&mut self.chunk).await
+            read_when_ready(&self.source, &mut self.chunk, READ_CHUNK).await
         } else {
-            self.source.read_buf(self.lines.buffer()).await
+            self.lines.read_from(&self.source).await
         };
         let n = read.unwrap_or_else(|e| {
             crate::error!(
@@ -49,8 +54,10 @@ impl<R: AsyncRead + Unpin> Output<R> {
             0
         });
         let payloads = if self.binary {
+            // The whole buffer goes: the payload keeps what it needs until it is sent.
+            let chunk = std::mem::take(&mut self.chunk);
             if n > 0 {
-                vec![self.chunk.split().freeze()]
+                vec![chunk.freeze()]
             } else {
                 Vec::new()
             }
@@ -70,6 +77,31 @@ impl<R: AsyncRead + Unpin> Output<R> {
             crate::debug!("process", "Process STDOUT closed");
         }
         (payloads, n == 0)
+    }
+}
+
+/// Waits until `source` has data or has ended, holding no buffer meanwhile, then makes room
+/// for `room` bytes in `buf` (unless a quarter chunk is free) and reads once into it. 0 means
+/// end of file. Cancel-safe: the only await is the wait.
+async fn read_when_ready(
+    source: &pipe::Receiver,
+    buf: &mut BytesMut,
+    room: usize,
+) -> io::Result<usize> {
+    loop {
+        source.readable().await?;
+        if buf.capacity() - buf.len() < READ_CHUNK / 4 {
+            buf.reserve(room);
+        }
+        match source.try_read_buf(buf) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                // The readiness was left over from the last read: wait without the buffer.
+                if buf.is_empty() {
+                    *buf = BytesMut::new();
+                }
+            }
+            read => return read,
+        }
     }
 }
 
@@ -93,11 +125,23 @@ impl LineSplitter {
         }
     }
 
-    /// The buffer to read into; room for at least one chunk, never more than the line limit
-    /// plus a chunk.
+    /// Reads once from `source` (see [`read_when_ready`]); 0 at end of file.
+    pub async fn read_from(&mut self, source: &pipe::Receiver) -> io::Result<usize> {
+        let room = self.room();
+        read_when_ready(source, &mut self.buf, room).await
+    }
+
+    /// Room to make before each read: a chunk, never more than the line limit plus one (so the
+    /// buffer stays under the line limit plus a chunk).
+    fn room(&self) -> usize {
+        READ_CHUNK.min(self.max_line + 1)
+    }
+
+    /// The buffer to read into, with room for a read.
+    #[cfg(test)]
     pub fn buffer(&mut self) -> &mut BytesMut {
         if self.buf.capacity() - self.buf.len() < READ_CHUNK / 4 {
-            self.buf.reserve(READ_CHUNK.min(self.max_line + 1));
+            self.buf.reserve(self.room());
         }
         &mut self.buf
     }
@@ -132,6 +176,10 @@ impl LineSplitter {
         let mut lines: Vec<Bytes> = std::iter::from_fn(|| self.next_line()).collect();
         if at_eof {
             lines.extend(self.finish());
+        }
+        if self.buf.is_empty() {
+            // No partial line: let the buffer go (the lines keep what they need until sent).
+            self.buf = BytesMut::new();
         }
         lines
     }

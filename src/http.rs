@@ -33,8 +33,9 @@ use crate::route::{self, RouteError};
 use crate::session::{self, Bridge, Session, SharedSession};
 
 /// tungstenite's read buffer per connection (its default, 128 KiB, would dominate the memory
-/// of an idle connection).
-const WS_READ_BUFFER: usize = 8 * 1024;
+/// of an idle connection). tungstenite zero-fills it before each read, so all of it stays
+/// resident: one page. A larger message is still read whole, a page per read.
+const WS_READ_BUFFER: usize = 4 * 1024;
 /// tungstenite writes its buffer out once it holds this much.
 const WS_WRITE_BUFFER: usize = 64 * 1024;
 

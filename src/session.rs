@@ -22,8 +22,7 @@ use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::process::{ChildStderr, ChildStdin, ChildStdout};
+use tokio::io::AsyncWriteExt;
 use tokio::sync::{mpsc, OwnedSemaphorePermit};
 use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite::error::{CapacityError, ProtocolError};
@@ -35,7 +34,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::broadcast::Subscription;
-use crate::child::{ChildProcess, Exit};
+use crate::child::{ChildProcess, ChildStderr, ChildStdin, ChildStdout, Exit};
 use crate::config::Config;
 use crate::framing::{self, LineSplitter};
 
@@ -771,13 +770,13 @@ async fn write_item(stdin: &mut ChildStdin, item: &StdinItem) -> std::io::Result
 /// The child's stderr: each line is logged, and with `--passstderr` also queued for the
 /// client as tagged JSON.
 pub(crate) async fn pump_stderr(
-    mut stderr: ChildStderr,
+    stderr: ChildStderr,
     tx: Option<mpsc::Sender<String>>,
     max_line: usize,
 ) {
     let mut lines = LineSplitter::new(max_line);
     loop {
-        let n = match stderr.read_buf(lines.buffer()).await {
+        let n = match lines.read_from(&stderr).await {
             Ok(n) => n,
             Err(e) => {
                 crate::error!(
