@@ -31,7 +31,6 @@ use crate::http::{self, Body, Peer, Shared};
 const MAX_HEAD: usize = 64 * 1024;
 /// Output chunks waiting for the client; beyond it the script waits on its pipe.
 const BODY_QUEUE: usize = 8;
-const READ_CHUNK: usize = 64 * 1024;
 
 /// The script a URL path names inside `root` (canonical), if any.
 pub fn resolve(root: &Path, raw_path: &str) -> Option<PathBuf> {
@@ -267,7 +266,7 @@ async fn stream_body(
     }
     let mut buf = BytesMut::new();
     loop {
-        buf.reserve(READ_CHUNK);
+        buf.reserve(crate::framing::READ_CHUNK);
         let read = tokio::select! {
             r = tokio::time::timeout(timeout, stdout.read_buf(&mut buf)) => r,
             _ = tx.closed() => {

@@ -99,17 +99,6 @@ async fn echo_event(wsd: &Wsd, text: &str) -> Event {
     c.next_event(FIVE_SECONDS).await
 }
 
-/// The value of every response header called `name` (case-insensitive) in a raw response.
-fn header_values(response: &str, name: &str) -> Vec<String> {
-    let head = response.split("\r\n\r\n").next().unwrap_or("");
-    head.lines()
-        .skip(1)
-        .filter_map(|l| l.split_once(':'))
-        .filter(|(n, _)| n.trim().eq_ignore_ascii_case(name))
-        .map(|(_, v)| v.trim().to_string())
-        .collect()
-}
-
 /// Asserts that stderr is exactly one line and mentions every `needle`.
 fn assert_one_line_naming(stderr: &str, needles: &[&str]) {
     assert!(

@@ -652,14 +652,6 @@ fn settled_fd_count(pid: u32) -> u64 {
     last as u64
 }
 
-/// A response header's value, whatever the case of its name.
-fn header<'a>(response: &'a str, name: &str) -> Option<&'a str> {
-    response.lines().find_map(|l| {
-        let (n, v) = l.split_once(':')?;
-        n.eq_ignore_ascii_case(name).then(|| v.trim())
-    })
-}
-
 #[tokio::test]
 async fn out_of_file_descriptors_new_connections_get_503_and_service_recovers_by_itself() {
     let wsd = Wsd::start(&["--max-pending=0", "cat"]);

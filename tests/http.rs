@@ -12,17 +12,6 @@ const FIVE_SECONDS: Duration = Duration::from_secs(5);
 
 // ---- helpers -----------------------------------------------------------------------------
 
-/// The value of every response header called `name` (case-insensitive).
-fn header_values(response: &str, name: &str) -> Vec<String> {
-    let head = response.split("\r\n\r\n").next().unwrap_or("");
-    head.lines()
-        .skip(1)
-        .filter_map(|l| l.split_once(':'))
-        .filter(|(n, _)| n.trim().eq_ignore_ascii_case(name))
-        .map(|(_, v)| v.trim().to_string())
-        .collect()
-}
-
 /// The body of a raw response.
 fn body_of(response: &str) -> &str {
     response.split_once("\r\n\r\n").map_or("", |(_, b)| b)

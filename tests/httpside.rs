@@ -23,14 +23,6 @@ fn get(port: u16, target: &str, extra: &str) -> String {
     )
 }
 
-fn header<'a>(response: &'a str, name: &str) -> Option<&'a str> {
-    let head = response.split("\r\n\r\n").next()?;
-    head.lines().skip(1).find_map(|l| {
-        let (n, v) = l.split_once(':')?;
-        n.eq_ignore_ascii_case(name).then(|| v.trim())
-    })
-}
-
 /// The body, with chunked transfer encoding undone.
 fn body(response: &str) -> String {
     let raw = response.split_once("\r\n\r\n").map_or("", |(_, b)| b);
