@@ -4,22 +4,28 @@
 //! - the **output pump** (this task) reads the child's stdout, cuts it into messages and
 //!   writes them to the client, flushing once per read so that a burst of lines costs one
 //!   socket write; it also sends pings and notices the child's exit;
-//! - the **client reader** (a task) reads messages and queues them for the child's stdin in a
-//!   channel of [`STDIN_QUEUE`] messages; when the queue is full it stops reading the socket,
-//!   so a client that sends faster than the child reads is stalled by TCP;
-//! - the **stdin writer** (a task) writes queued messages to the child's stdin.
+//! - the **client reader** (a task) reads messages and writes them to the child's stdin
+//!   itself, the messages that arrived together in one write; while a write waits for the
+//!   child, it does not read the socket, so a client that sends faster than the child reads
+//!   is stalled by TCP. No queue sits between the two: a message costs no copy and no task
+//!   switch on its way, and an idle connection no queue's memory;
+//!
+//! The output pump also reads the child's stderr (each line is logged, and with
+//! `--passstderr` sent), and goes on logging it while the session ends.
 //!
 //! The session ends when the child's output ends, the client leaves or fails the protocol, the
-//! peer stops answering pings, or the server shuts down. Teardown never waits on a pipe: the
-//! stdin writer is aborted (closing stdin) before the child is signalled.
+//! peer stops answering pings, or the server shuts down. Teardown never waits on a pipe for
+//! long: the reader gets [`STDIN_FLUSH`] (plus `--closems`) to finish its write, then it is
+//! aborted, closing stdin, before the child is signalled.
 
-use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU16, AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
 use futures_util::stream::{SplitSink, SplitStream};
-use futures_util::{SinkExt, StreamExt};
+use futures_util::{FutureExt, SinkExt, StreamExt};
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
 use tokio::io::AsyncWriteExt;
@@ -40,12 +46,8 @@ use crate::framing::{self, LineSplitter};
 
 /// Most queued broadcast messages sent with one flush.
 const FEED_BATCH: usize = 64;
-/// Client messages waiting for the child's stdin. Small: the point is to let the socket stall.
-const STDIN_QUEUE: usize = 8;
 /// Stdin writes are batched up to this size when several messages are waiting.
 const STDIN_BATCH: usize = 64 * 1024;
-/// Tagged stderr lines (`--passstderr`) waiting to be sent.
-const STDERR_QUEUE: usize = 16;
 /// How long the output pump keeps reading after the child exited, for output still in the pipe
 /// (a background grandchild may hold stdout open forever).
 const DRAIN_AFTER_EXIT: Duration = Duration::from_millis(250);
@@ -56,7 +58,7 @@ const STDIN_FLUSH: Duration = Duration::from_millis(100);
 const HANGUP_CHECK: Duration = Duration::from_millis(200);
 /// How long sending a close frame, and waiting for the client's reply, may take.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
-/// How long the stderr logger may take to log the last lines after the child is gone.
+/// How long stderr is still read, to log its last lines, after the child is gone.
 const STDERR_DRAIN: Duration = Duration::from_millis(200);
 
 pub type Ws = WebSocketStream<TokioIo<Upgraded>>;
@@ -73,6 +75,10 @@ struct Stats {
     last_seen_ms: AtomicU64,
     /// The code of the first close frame sent or received; 0 before one.
     close_code: AtomicU16,
+    /// What the session asks of the client reader: [`READ_ON`], [`CLOSE_STDIN`] or [`STOP`].
+    control: AtomicU8,
+    /// Wakes the client reader to look at `control`.
+    wake_reader: tokio::sync::Notify,
 }
 
 impl Stats {
@@ -141,22 +147,15 @@ enum End {
 
 impl Session {
     /// Runs the session to the end, including the child's teardown.
-    pub async fn run(mut self, ws: Ws) {
+    pub async fn run(mut self, (mut sink, stream): (Sink, SplitStream<Ws>)) {
         let started = Instant::now();
         let stats = Arc::new(Stats::default());
         crate::access!("session", "CONNECT");
 
-        let (mut sink, stream) = ws.split();
-        let (stdin_tx, stdin_rx) = mpsc::channel::<StdinItem>(STDIN_QUEUE);
-        let stdin_task = self
-            .child
-            .stdin
-            .take()
-            .map(|stdin| tokio::spawn(write_stdin(stdin, stdin_rx).in_current_span()));
         let mut reader = tokio::spawn(
             read_client(
                 stream,
-                stdin_tx,
+                StdinTarget::pipe(self.child.stdin.take()),
                 self.config.binary,
                 stats.clone(),
                 started,
@@ -164,19 +163,19 @@ impl Session {
             )
             .in_current_span(),
         );
-        let (stderr_tx, stderr_rx) = mpsc::channel::<String>(STDERR_QUEUE);
-        let stderr_task = self.child.stderr.take().map(|stderr| {
-            let tx = self.config.pass_stderr.then_some(stderr_tx);
-            tokio::spawn(pump_stderr(stderr, tx, self.config.max_line_bytes).in_current_span())
-        });
-        let stderr_rx = self.config.pass_stderr.then_some(stderr_rx);
+        let mut stderr = self
+            .child
+            .stderr
+            .take()
+            .map(|pipe| StderrLog::new(pipe, self.config.max_line_bytes));
         let stdout = self.child.stdout.take();
 
+        let mut reader_stdin = None;
         let end = {
             let pump = pump_output(
                 &mut sink,
                 stdout,
-                stderr_rx,
+                &mut stderr,
                 &mut self.child,
                 &self.config,
                 &stats,
@@ -185,88 +184,108 @@ impl Session {
             tokio::select! {
                 biased;
                 _ = self.shutdown.cancelled() => End::Shutdown,
-                r = &mut reader => End::Client(r.unwrap_or_else(|e| ClientEnd::Gone(e.to_string()))),
+                r = &mut reader => End::Client(match r {
+                    Ok((end, stdin)) => {
+                        // Closed below, before the program is told to end.
+                        reader_stdin = Some(stdin);
+                        end
+                    }
+                    Err(e) => ClientEnd::Gone(e.to_string()),
+                }),
                 r = pump => r,
             }
         };
+        drop(reader_stdin);
 
         let grace = self.config.close_grace;
-        if matches!(end, End::ChildDone(_)) {
-            // The child is gone: nothing more can reach its stdin.
-            finish_stdin(stdin_task, Duration::ZERO).await;
-        } else {
-            // What the client sent before the end still goes to stdin, then stdin is closed
-            // (the child may be waiting for EOF to finish by itself).
-            reader.abort();
-            finish_stdin(stdin_task, STDIN_FLUSH + grace).await;
-        }
-        let exit = match end {
-            End::ChildDone(exit) => {
-                let exit = match exit {
-                    Some(exit) => {
-                        self.child.kill_leftovers();
-                        Some(exit)
-                    }
-                    None => self.child.terminate(grace).await,
-                };
-                let frame = match exit {
-                    Some(e) if e.success() => close_frame(CloseCode::Normal, ""),
-                    Some(e) => close_frame(CloseCode::Error, &e.to_string()),
-                    None => close_frame(CloseCode::Error, "the program could not be reaped"),
-                };
-                if send_close(&mut sink, frame, &stats).await {
-                    // Wait for the client's answer to our close frame.
-                    let _ = tokio::time::timeout(CLOSE_TIMEOUT, &mut reader).await;
+        let teardown = async {
+            if matches!(end, End::ChildDone(_)) {
+                // The child is gone: nothing more can reach its stdin. The reader goes on, for
+                // the client's answer to the close frame.
+                stats.tell_reader(CLOSE_STDIN);
+            } else if !matches!(end, End::Client(_)) {
+                // (With the client gone, the reader has ended, and its stdin is closed.)
+                // What the client sent before the end still goes to stdin, then stdin is closed
+                // (the child may be waiting for EOF to finish by itself).
+                stats.tell_reader(STOP);
+                if tokio::time::timeout(STDIN_FLUSH + grace, &mut reader)
+                    .await
+                    .is_err()
+                {
+                    reader.abort();
+                    let _ = (&mut reader).await;
                 }
-                exit
             }
-            End::Client(ClientEnd::Closed) => {
-                crate::trace!("websocket", "client closed the connection");
-                self.child.terminate(grace).await
-            }
-            End::Client(ClientEnd::Gone(why)) => {
-                crate::trace!("websocket", "connection lost: {why}");
-                self.child.terminate(grace).await
-            }
-            End::Client(ClientEnd::Failed(code, why)) => {
-                crate::access!("session", "closing with {}: {why}", u16::from(code));
-                send_close(&mut sink, close_frame(code, &why), &stats).await;
-                self.child.terminate(grace).await
-            }
-            End::SendFailed(why) => {
-                crate::trace!("websocket", "cannot send: {why}");
-                self.child.terminate(grace).await
-            }
-            End::TooSlow => self.child.terminate(grace).await,
-            End::PeerDead => {
-                crate::access!("session", "no answer to pings: dropping the connection");
-                let (_, exit) = tokio::join!(
-                    send_close(
-                        &mut sink,
-                        close_frame(CloseCode::Away, "ping timeout"),
-                        &stats
-                    ),
-                    self.child.terminate(grace)
-                );
-                exit
-            }
-            End::Shutdown => {
-                let (_, exit) = tokio::join!(
-                    send_close(
-                        &mut sink,
-                        close_frame(CloseCode::Away, "server shutting down"),
-                        &stats
-                    ),
-                    self.child.terminate(grace)
-                );
-                exit
+            match end {
+                End::ChildDone(exit) => {
+                    let exit = match exit {
+                        Some(exit) => {
+                            self.child.kill_leftovers();
+                            Some(exit)
+                        }
+                        None => self.child.terminate(grace).await,
+                    };
+                    let frame = match exit {
+                        Some(e) if e.success() => close_frame(CloseCode::Normal, ""),
+                        Some(e) => close_frame(CloseCode::Error, &e.to_string()),
+                        None => close_frame(CloseCode::Error, "the program could not be reaped"),
+                    };
+                    if send_close(&mut sink, frame, &stats).await {
+                        // Wait for the client's answer to our close frame.
+                        let _ = tokio::time::timeout(CLOSE_TIMEOUT, &mut reader).await;
+                    }
+                    exit
+                }
+                End::Client(ClientEnd::Closed) => {
+                    crate::trace!("websocket", "client closed the connection");
+                    self.child.terminate(grace).await
+                }
+                End::Client(ClientEnd::Gone(why)) => {
+                    crate::trace!("websocket", "connection lost: {why}");
+                    self.child.terminate(grace).await
+                }
+                End::Client(ClientEnd::Failed(code, why)) => {
+                    crate::access!("session", "closing with {}: {why}", u16::from(code));
+                    send_close(&mut sink, close_frame(code, &why), &stats).await;
+                    self.child.terminate(grace).await
+                }
+                End::SendFailed(why) => {
+                    crate::trace!("websocket", "cannot send: {why}");
+                    self.child.terminate(grace).await
+                }
+                End::TooSlow => self.child.terminate(grace).await,
+                End::PeerDead => {
+                    crate::access!("session", "no answer to pings: dropping the connection");
+                    let (_, exit) = tokio::join!(
+                        send_close(
+                            &mut sink,
+                            close_frame(CloseCode::Away, "ping timeout"),
+                            &stats
+                        ),
+                        self.child.terminate(grace)
+                    );
+                    exit
+                }
+                End::Shutdown => {
+                    let (_, exit) = tokio::join!(
+                        send_close(
+                            &mut sink,
+                            close_frame(CloseCode::Away, "server shutting down"),
+                            &stats
+                        ),
+                        self.child.terminate(grace)
+                    );
+                    exit
+                }
             }
         };
+        // The program may still say why it ended: its stderr is logged meanwhile.
+        // Boxed: the teardown's futures then take no room in an idle session's task.
+        let exit = log_stderr_during(&mut stderr, Box::pin(teardown)).await;
         reader.abort();
-        if let Some(mut task) = stderr_task {
-            if tokio::time::timeout(STDERR_DRAIN, &mut task).await.is_err() {
-                task.abort();
-            }
+        if let Some(mut stderr) = stderr {
+            let _ =
+                tokio::time::timeout(STDERR_DRAIN, async { while !stderr.read().await.1 {} }).await;
         }
         drop(sink);
         drop(self.permit.take());
@@ -288,15 +307,14 @@ pub struct SharedSession {
 }
 
 impl SharedSession {
-    pub async fn run(mut self, ws: Ws) {
+    pub async fn run(mut self, (mut sink, stream): (Sink, SplitStream<Ws>)) {
         let started = Instant::now();
         let stats = Arc::new(Stats::default());
         crate::access!("session", "CONNECT");
-        let (mut sink, stream) = ws.split();
         let mut reader = tokio::spawn(
             read_client(
                 stream,
-                self.subscription.stdin(),
+                StdinTarget::Shared(self.subscription.stdin()),
                 self.config.binary,
                 stats.clone(),
                 started,
@@ -315,7 +333,7 @@ impl SharedSession {
                 biased;
                 _ = self.shutdown.cancelled() => Some(End::Shutdown),
                 _ = self.subscription.kicked.cancelled() => Some(End::TooSlow),
-                r = &mut reader => Some(End::Client(r.unwrap_or_else(|e| ClientEnd::Gone(e.to_string())))),
+                r = &mut reader => Some(End::Client(r.map_or_else(|e| ClientEnd::Gone(e.to_string()), |(end, _)| end))),
                 item = self.subscription.rx.recv() => match item {
                     Some((_, first)) => {
                         let mut batch = vec![first];
@@ -442,11 +460,12 @@ impl Pinger {
 }
 
 /// Child output → client. Returns when the output has ended (and, with `--passstderr`, stderr
-/// too), or on a failure to send, or when the peer stopped answering pings.
+/// too), or on a failure to send, or when the peer stopped answering pings. Stderr is read (and
+/// logged) all along; it is set to `None` once it has ended.
 async fn pump_output(
     sink: &mut Sink,
     stdout: Option<ChildStdout>,
-    mut stderr_rx: Option<mpsc::Receiver<String>>,
+    stderr: &mut Option<StderrLog>,
     child: &mut ChildProcess,
     config: &Config,
     stats: &Stats,
@@ -456,12 +475,12 @@ async fn pump_output(
         stdout.map(|out| framing::Output::new(out, config.binary, config.max_line_bytes));
     let mut encoder = Encoder::new(config);
     let mut exit: Option<Exit> = None;
-    let drain_deadline = tokio::time::sleep(Duration::from_secs(86400));
-    tokio::pin!(drain_deadline);
+    // Set once the child has exited; boxed, so that an idle session holds no timer for it.
+    let mut drain_deadline: Option<Pin<Box<tokio::time::Sleep>>> = None;
     let mut pinger = Pinger::new(config.ping_interval);
 
     loop {
-        if stdout.is_none() && stderr_rx.is_none() {
+        if stdout.is_none() && (stderr.is_none() || !config.pass_stderr) {
             return End::ChildDone(exit);
         }
         tokio::select! {
@@ -476,14 +495,20 @@ async fn pump_output(
                     return End::SendFailed(e.to_string());
                 }
             }
-            line = async { stderr_rx.as_mut().expect("guarded by the select condition").recv().await }, if stderr_rx.is_some() => {
-                match line {
-                    Some(json) => {
-                        if let Err(e) = send_batch(sink, vec![Message::Text(json.into())], stats).await {
-                            return End::SendFailed(e.to_string());
-                        }
+            (lines, ended) = async {
+                stderr.as_mut().expect("guarded by the select condition").read().await
+            }, if stderr.is_some() => {
+                if ended {
+                    *stderr = None;
+                }
+                if config.pass_stderr {
+                    let batch = lines
+                        .iter()
+                        .map(|line| Message::Text(framing::tagged_json("stderr", line).into()))
+                        .collect();
+                    if let Err(e) = send_batch(sink, batch, stats).await {
+                        return End::SendFailed(e.to_string());
                     }
-                    None => stderr_rx = None,
                 }
             }
             status = child.wait(), if exit.is_none() => {
@@ -494,9 +519,9 @@ async fn pump_output(
                     }
                     Err(e) => crate::error!("process", "cannot wait for the process: {e}"),
                 }
-                drain_deadline.as_mut().reset(tokio::time::Instant::now() + DRAIN_AFTER_EXIT);
+                drain_deadline = Some(Box::pin(tokio::time::sleep(DRAIN_AFTER_EXIT)));
             }
-            _ = &mut drain_deadline, if exit.is_some() => {
+            _ = async { drain_deadline.as_mut().expect("guarded by the select condition").await }, if drain_deadline.is_some() => {
                 crate::debug!("process", "the process exited but its output is still open (a background process?); ending");
                 return End::ChildDone(exit);
             }
@@ -567,16 +592,6 @@ async fn send_batch(sink: &mut Sink, batch: Vec<Message>, stats: &Stats) -> Resu
     Ok(())
 }
 
-/// Lets the stdin writer deliver what is queued for at most `within`, then closes stdin.
-async fn finish_stdin(task: Option<JoinHandle<()>>, within: Duration) {
-    if let Some(mut task) = task {
-        if tokio::time::timeout(within, &mut task).await.is_err() {
-            task.abort();
-            let _ = task.await;
-        }
-    }
-}
-
 /// Whether the peer of a socket has hung up (FIN or RST), without reading from it: the
 /// socket may hold unread data the session cannot take yet.
 fn hung_up(fd: std::os::fd::RawFd) -> bool {
@@ -590,74 +605,316 @@ fn hung_up(fd: std::os::fd::RawFd) -> bool {
     n > 0 && p.revents & (libc::POLLRDHUP | libc::POLLHUP | libc::POLLERR) != 0
 }
 
-/// Client → stdin queue. Ends when the client closes, fails or drops.
-async fn read_client(
-    mut stream: SplitStream<Ws>,
-    stdin_tx: mpsc::Sender<StdinItem>,
+/// Where the client reader puts client messages.
+pub(crate) enum StdinTarget {
+    /// The connection's own program: the reader writes to its stdin itself, so a message
+    /// waits in no queue and no second task. `batch` gathers messages that arrived together.
+    Pipe { pipe: ChildStdin, batch: BytesMut },
+    /// A `--broadcast` hub's queue for the shared program's single stdin writer.
+    Shared(mpsc::Sender<StdinItem>),
+    /// Nowhere: the program's stdin is closed (it exited, or stopped reading).
+    Closed,
+}
+
+impl StdinTarget {
+    pub(crate) fn pipe(pipe: Option<ChildStdin>) -> StdinTarget {
+        match pipe {
+            Some(pipe) => StdinTarget::Pipe {
+                pipe,
+                batch: BytesMut::new(),
+            },
+            None => StdinTarget::Closed,
+        }
+    }
+}
+
+/// What the session asks of its client reader when it ends (see [`Stats::control`]).
+const READ_ON: u8 = 0;
+/// The program has gone: close its stdin, keep reading for the client's close frame.
+const CLOSE_STDIN: u8 = 1;
+/// Finish writing what has been read, then stop.
+const STOP: u8 = 2;
+
+impl Stats {
+    fn control(&self) -> u8 {
+        self.control.load(Ordering::Acquire)
+    }
+
+    /// Asks the client reader to close stdin ([`CLOSE_STDIN`]) or stop ([`STOP`]).
+    fn tell_reader(&self, what: u8) {
+        self.control.store(what, Ordering::Release);
+        self.wake_reader.notify_one();
+    }
+}
+
+/// One client message, as the reader sees it.
+enum Step {
+    /// Data for the program's stdin.
+    Data(StdinItem),
+    /// Nothing for stdin (a ping, a pong, a close frame, or data after stdin closed).
+    Skip,
+    End(ClientEnd),
+}
+
+/// The client reader's view of the connection.
+struct ClientReader {
     binary: bool,
     stats: Arc<Stats>,
     started: Instant,
-    socket_fd: std::os::fd::RawFd,
-) -> ClientEnd {
-    let mut closing = false;
-    let mut stdin_open = true;
-    loop {
-        let msg = match stream.next().await {
-            None if closing => return ClientEnd::Closed,
-            None => return ClientEnd::Gone("connection closed".into()),
+    /// A close frame has come: the end of the stream is then a clean close.
+    closing: bool,
+}
+
+impl ClientReader {
+    fn step(&mut self, next: Option<Result<Message, WsError>>) -> Step {
+        let msg = match next {
+            None if self.closing => return Step::End(ClientEnd::Closed),
+            None => return Step::End(ClientEnd::Gone("connection closed".into())),
             Some(Ok(msg)) => msg,
-            Some(Err(WsError::ConnectionClosed)) if closing => return ClientEnd::Closed,
-            Some(Err(e)) => return classify(e),
+            Some(Err(WsError::ConnectionClosed)) if self.closing => {
+                return Step::End(ClientEnd::Closed)
+            }
+            Some(Err(e)) => return Step::End(classify(e)),
         };
+        let stats = &self.stats;
         stats
             .last_seen_ms
-            .store(started.elapsed().as_millis() as u64, Ordering::Relaxed);
-        let data = match msg {
+            .store(self.started.elapsed().as_millis() as u64, Ordering::Relaxed);
+        let item = match msg {
             Message::Text(text) => with_newline(text.into()),
-            Message::Binary(data) if binary => StdinItem {
+            Message::Binary(data) if self.binary => StdinItem {
                 data,
                 newline: false,
             },
             Message::Binary(data) => with_newline(data),
             Message::Close(frame) => {
                 stats.closing(frame.map_or(CloseCode::Status, |f| f.code));
-                closing = true;
-                continue;
+                self.closing = true;
+                return Step::Skip;
             }
-            Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => continue,
+            Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => return Step::Skip,
         };
         stats.msgs_in.fetch_add(1, Ordering::Relaxed);
-        crate::metrics::received(data.data.len() as u64);
+        crate::metrics::received(item.data.len() as u64);
         stats
             .bytes_in
-            .fetch_add(data.len() as u64, Ordering::Relaxed);
-        // After the child has gone, keep reading (to see the client's close) but drop data.
-        if !stdin_open {
-            continue;
+            .fetch_add(item.len() as u64, Ordering::Relaxed);
+        Step::Data(item)
+    }
+}
+
+/// Client → the program's stdin. Ends when the client closes, fails or drops, or when the
+/// session tells it to stop.
+///
+/// While the program is not keeping up, the reader does not read the socket, so TCP stalls a
+/// client that sends faster than the program reads; meanwhile it checks every
+/// [`HANGUP_CHECK`] whether the client hung up, which a read would have shown.
+///
+/// Returns the stdin target with the reason, so that stdin is closed by the session, after it
+/// has seen why the reader ended, and not before: the program must not see EOF and end the
+/// session first.
+async fn read_client(
+    mut stream: SplitStream<Ws>,
+    mut stdin: StdinTarget,
+    binary: bool,
+    stats: Arc<Stats>,
+    started: Instant,
+    socket_fd: std::os::fd::RawFd,
+) -> (ClientEnd, StdinTarget) {
+    let end = read_into(&mut stream, &mut stdin, binary, stats, started, socket_fd).await;
+    (end, stdin)
+}
+
+async fn read_into(
+    stream: &mut SplitStream<Ws>,
+    stdin: &mut StdinTarget,
+    binary: bool,
+    stats: Arc<Stats>,
+    started: Instant,
+    socket_fd: std::os::fd::RawFd,
+) -> ClientEnd {
+    let mut reader = ClientReader {
+        binary,
+        stats: stats.clone(),
+        started,
+        closing: false,
+    };
+    loop {
+        match stats.control() {
+            READ_ON => {}
+            CLOSE_STDIN => *stdin = StdinTarget::Closed,
+            _ => return ClientEnd::Gone("the session ended".into()),
         }
-        let data = match stdin_tx.try_send(data) {
-            Ok(()) => continue,
-            Err(mpsc::error::TrySendError::Closed(_)) => {
-                stdin_open = false;
-                continue;
-            }
-            Err(mpsc::error::TrySendError::Full(data)) => data,
+        let next = tokio::select! {
+            biased;
+            _ = stats.wake_reader.notified() => continue,
+            next = stream.next() => next,
         };
-        // The child is not keeping up: stop reading the socket (so TCP stalls the client),
-        // but notice if the client hangs up meanwhile, which a read would have shown.
-        let permit = loop {
-            tokio::select! {
-                permit = stdin_tx.reserve() => break permit.ok(),
-                _ = tokio::time::sleep(HANGUP_CHECK) => {
-                    if hung_up(socket_fd) {
-                        return ClientEnd::Gone("connection dropped while the program was not reading".into());
+        let item = match reader.step(next) {
+            Step::Data(item) => item,
+            Step::Skip => continue,
+            Step::End(end) => return end,
+        };
+        let delivered = match stdin {
+            // After the program has gone, keep reading (to see the client's close) but drop
+            // data.
+            StdinTarget::Closed => continue,
+            StdinTarget::Shared(tx) => queue_shared(tx, item, socket_fd).await,
+            StdinTarget::Pipe { pipe, batch } => {
+                // Messages that have already arrived go out with this one, in one write.
+                let mut end = None;
+                let mut large = None;
+                if item.len() >= STDIN_BATCH {
+                    large = Some(item);
+                } else if let Some(more) = stream.next().now_or_never() {
+                    append(batch, &item);
+                    let mut more = Some(more);
+                    while let Some(next) = more.take() {
+                        match reader.step(next) {
+                            Step::Data(item) if item.len() >= STDIN_BATCH => large = Some(item),
+                            Step::Data(item) => append(batch, &item),
+                            Step::Skip => {}
+                            Step::End(e) => end = Some(e),
+                        }
+                        if end.is_none() && large.is_none() && batch.len() < STDIN_BATCH {
+                            more = stream.next().now_or_never();
+                        }
                     }
+                } else {
+                    // One message alone (the common case): written as it is, with no copy.
+                    large = Some(item);
+                }
+                let written = write_pipe(pipe, batch, large, &stats, socket_fd).await;
+                if batch.capacity() > STDIN_BATCH {
+                    // Do not keep a burst's buffer for the rest of a long, quiet session.
+                    *batch = BytesMut::new();
+                }
+                batch.clear();
+                if let Some(end) = end {
+                    return end;
+                }
+                written
+            }
+        };
+        match delivered {
+            Delivered::Yes => {}
+            Delivered::StdinClosed => *stdin = StdinTarget::Closed,
+            Delivered::HungUp => {
+                return ClientEnd::Gone(
+                    "connection dropped while the program was not reading".into(),
+                )
+            }
+        }
+    }
+}
+
+/// How handing a message to the program went.
+enum Delivered {
+    Yes,
+    /// Stdin is closed (the program exited or closed it, or the session asked): drop data.
+    StdinClosed,
+    /// The client hung up while the program was not reading.
+    HungUp,
+}
+
+/// Queues a message for a `--broadcast` hub's stdin writer, waiting while its queue is full.
+async fn queue_shared(
+    tx: &mpsc::Sender<StdinItem>,
+    item: StdinItem,
+    socket_fd: std::os::fd::RawFd,
+) -> Delivered {
+    let item = match tx.try_send(item) {
+        Ok(()) => return Delivered::Yes,
+        Err(mpsc::error::TrySendError::Closed(_)) => return Delivered::StdinClosed,
+        Err(mpsc::error::TrySendError::Full(item)) => item,
+    };
+    // Boxed: the wait's timer takes no room in an idle connection's reader.
+    Box::pin(wait_for_queue(tx, item, socket_fd)).await
+}
+
+async fn wait_for_queue(
+    tx: &mpsc::Sender<StdinItem>,
+    item: StdinItem,
+    socket_fd: std::os::fd::RawFd,
+) -> Delivered {
+    loop {
+        tokio::select! {
+            permit = tx.reserve() => return match permit {
+                Ok(permit) => {
+                    permit.send(item);
+                    Delivered::Yes
+                }
+                Err(_) => Delivered::StdinClosed,
+            },
+            _ = tokio::time::sleep(HANGUP_CHECK) => {
+                if hung_up(socket_fd) {
+                    return Delivered::HungUp;
                 }
             }
-        };
-        match permit {
-            Some(permit) => permit.send(data),
-            None => stdin_open = false,
+        }
+    }
+}
+
+/// Writes `batch`, then `large`, to the program's stdin. A write that cannot finish at once
+/// waits for the pipe, watching for the client hanging up and for the session closing stdin.
+async fn write_pipe(
+    pipe: &mut ChildStdin,
+    batch: &[u8],
+    large: Option<StdinItem>,
+    stats: &Stats,
+    socket_fd: std::os::fd::RawFd,
+) -> Delivered {
+    let write = async {
+        if !batch.is_empty() {
+            pipe.write_all(batch).await?;
+        }
+        if let Some(item) = large {
+            let newline: &[u8] = if item.newline { b"\n" } else { b"" };
+            // One writev for the message and its newline.
+            pipe.write_all_buf(&mut item.data.chain(newline)).await?;
+        }
+        Ok::<_, std::io::Error>(())
+    };
+    tokio::pin!(write);
+    let result = match write.as_mut().now_or_never() {
+        Some(result) => result,
+        // Boxed: the wait's timer takes no room in an idle connection's reader.
+        None => match Box::pin(wait_for_pipe(write.as_mut(), stats, socket_fd)).await {
+            Some(result) => result,
+            None => return Delivered::HungUp,
+        },
+    };
+    match result {
+        Ok(()) => Delivered::Yes,
+        Err(e) => {
+            crate::debug!("process", "Cannot write to STDIN: {e}");
+            Delivered::StdinClosed
+        }
+    }
+}
+
+/// Finishes a write to stdin that had to wait; `None` if the client hung up meanwhile. A
+/// closed stdin ([`CLOSE_STDIN`]) ends it as a broken pipe; stopping lets it finish (the
+/// session bounds how long it waits).
+async fn wait_for_pipe(
+    mut write: impl std::future::Future<Output = std::io::Result<()>> + Unpin,
+    stats: &Stats,
+    socket_fd: std::os::fd::RawFd,
+) -> Option<std::io::Result<()>> {
+    loop {
+        tokio::select! {
+            biased;
+            _ = stats.wake_reader.notified() => {
+                if stats.control() == CLOSE_STDIN {
+                    return Some(Err(std::io::ErrorKind::BrokenPipe.into()));
+                }
+            }
+            result = &mut write => return Some(result),
+            _ = tokio::time::sleep(HANGUP_CHECK) => {
+                if hung_up(socket_fd) {
+                    return None;
+                }
+            }
         }
     }
 }
@@ -767,36 +1024,80 @@ async fn write_item(stdin: &mut ChildStdin, item: &StdinItem) -> std::io::Result
     Ok(())
 }
 
-/// The child's stderr: each line is logged, and with `--passstderr` also queued for the
-/// client as tagged JSON.
+/// A child's stderr: each line is logged as it is read.
+pub(crate) struct StderrLog {
+    pipe: ChildStderr,
+    lines: LineSplitter,
+}
+
+impl StderrLog {
+    pub(crate) fn new(pipe: ChildStderr, max_line: usize) -> StderrLog {
+        StderrLog {
+            pipe,
+            lines: LineSplitter::new(max_line),
+        }
+    }
+
+    /// Reads once and logs the complete lines; returns them (for `--passstderr`) and whether
+    /// stderr has ended. Cancel-safe: the only await is the wait for data.
+    pub(crate) async fn read(&mut self) -> (Vec<Bytes>, bool) {
+        let n = self.lines.read_from(&self.pipe).await.unwrap_or_else(|e| {
+            crate::error!(
+                "process",
+                "Unexpected error while reading STDERR from process: {e}"
+            );
+            0
+        });
+        let lines = self.lines.take_lines(n == 0);
+        for line in &lines {
+            crate::error!("stderr", "{}", String::from_utf8_lossy(line));
+        }
+        if n == 0 {
+            crate::debug!("process", "Process STDERR closed");
+        }
+        (lines, n == 0)
+    }
+}
+
+/// Runs `work`, logging `stderr` meanwhile.
+async fn log_stderr_during<F: std::future::Future>(
+    stderr: &mut Option<StderrLog>,
+    work: F,
+) -> F::Output {
+    tokio::pin!(work);
+    loop {
+        tokio::select! {
+            biased;
+            out = &mut work => return out,
+            (_, ended) = async {
+                stderr.as_mut().expect("guarded by the select condition").read().await
+            }, if stderr.is_some() => {
+                if ended {
+                    *stderr = None;
+                }
+            }
+        }
+    }
+}
+
+/// A child's stderr in a task of its own: each line is logged, and with `--passstderr` also
+/// queued for the client as tagged JSON.
 pub(crate) async fn pump_stderr(
     stderr: ChildStderr,
     tx: Option<mpsc::Sender<String>>,
     max_line: usize,
 ) {
-    let mut lines = LineSplitter::new(max_line);
+    let mut log = StderrLog::new(stderr, max_line);
     loop {
-        let n = match lines.read_from(&stderr).await {
-            Ok(n) => n,
-            Err(e) => {
-                crate::error!(
-                    "process",
-                    "Unexpected error while reading STDERR from process: {e}"
-                );
-                0
-            }
-        };
-        for line in lines.take_lines(n == 0) {
-            crate::error!("stderr", "{}", String::from_utf8_lossy(&line));
-            if let Some(tx) = &tx {
-                let json = framing::tagged_json("stderr", &line);
-                if tx.send(json).await.is_err() {
+        let (lines, ended) = log.read().await;
+        if let Some(tx) = &tx {
+            for line in &lines {
+                if tx.send(framing::tagged_json("stderr", line)).await.is_err() {
                     return;
                 }
             }
         }
-        if n == 0 {
-            crate::debug!("process", "Process STDERR closed");
+        if ended {
             return;
         }
     }
@@ -829,8 +1130,10 @@ pub fn spawn_after_upgrade(
                     )
                     .await;
                     match bridge {
-                        Bridge::Own(session) => session.run(ws).await,
-                        Bridge::Shared(session) => session.run(ws).await,
+                        // Split here: a session's future then holds the halves, and not also
+                        // room for the whole stream it was given.
+                        Bridge::Own(session) => session.run(ws.split()).await,
+                        Bridge::Shared(session) => session.run(ws.split()).await,
                     }
                 }
                 Err(e) => {

@@ -135,6 +135,31 @@ while IFS= read -r l; do printf '%s\n' "$l"; sleep 0.002; done > "$1""#,
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_sent_back_to_back_reach_stdin_whole_and_in_order_around_a_large_one() {
+    // Small messages that arrive together are written to stdin together; one over 64 KiB is
+    // written by itself: the order and every byte must survive both.
+    let wsd = Wsd::start(&["cat"]);
+    let mut c = wsd.connect("/").await;
+    let mut msgs: Vec<String> = (0..300).map(|i| format!("small {i:03}")).collect();
+    msgs.push(format!("large {}", "L".repeat(100_000)));
+    msgs.extend((300..600).map(|i| format!("small {i:03}")));
+    for msg in &msgs {
+        c.ws.feed(Message::Text(msg.as_str().into())).await.unwrap();
+    }
+    c.ws.flush().await.unwrap();
+    for (i, want) in msgs.iter().enumerate() {
+        let got = c.recv_text().await;
+        assert!(
+            got == *want,
+            "message {i}: {} bytes, wanted {}",
+            got.len(),
+            want.len()
+        );
+    }
+    c.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_message_with_embedded_newlines_becomes_several_lines() {
     let wsd = GracefulWsd::start(&["cat"]);
     let mut c = wsd.connect("/").await;

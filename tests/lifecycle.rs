@@ -365,6 +365,25 @@ async fn the_programs_stderr_is_logged_line_by_line_and_not_sent_to_the_client()
     }
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_the_program_writes_to_stderr_while_it_is_being_ended_is_logged() {
+    let dir = TempDir::new("stderr-end");
+    // Ignores stdin's end; says why it ends on SIGINT, on stderr, after the session is over.
+    let script = dir.script(
+        "bye.sh",
+        "trap 'echo \"bye on SIGINT\" >&2; exit 0' INT\necho $$\nwhile :; do sleep 0.02; done",
+    );
+    let wsd = GracefulWsd::start(&[s(&script)]);
+    let mut c = wsd.connect("/").await;
+    let pid = recv_pid(&mut c).await;
+    c.close().await;
+    assert!(wait_gone(pid, SECS5), "the program is still running");
+    let line = wsd.wait_log(" | bye on SIGINT", SECS5);
+    let line = line.unwrap_or_else(|| panic!("not logged: {:?}", wsd.stdout()));
+    assert!(line.contains("| stderr     |"), "{line}");
+    assert!(wsd.wait_log("| DISCONNECT", SECS5).is_some());
+}
+
 // ---- graceful shutdown -------------------------------------------------------------------------
 
 async fn graceful_shutdown_on(sig: i32) {
