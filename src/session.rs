@@ -739,11 +739,51 @@ async fn read_into(
         started,
         closing: false,
     };
+    // After a write to the pipe, the messages that arrived meanwhile are taken without
+    // waiting and go to stdin together, in one write. A message that comes alone is written
+    // at once, as it is: no copy, and no read of the socket before it.
+    let mut gather = false;
     loop {
         match stats.control() {
             READ_ON => {}
             CLOSE_STDIN => *stdin = StdinTarget::Closed,
             _ => return ClientEnd::Gone("the session ended".into()),
+        }
+        if std::mem::take(&mut gather) {
+            if let StdinTarget::Pipe { pipe, batch } = stdin {
+                let mut end = None;
+                let mut large = None;
+                let mut more = stream.next().now_or_never();
+                while let Some(next) = more.take() {
+                    match reader.step(next) {
+                        Step::Data(item) if item.len() >= STDIN_BATCH => large = Some(item),
+                        Step::Data(item) => append(batch, &item),
+                        Step::Skip => {}
+                        Step::End(e) => end = Some(e),
+                    }
+                    if end.is_none() && large.is_none() && batch.len() < STDIN_BATCH {
+                        more = stream.next().now_or_never();
+                    }
+                }
+                if !batch.is_empty() || large.is_some() {
+                    let delivered = write_pipe(pipe, batch, large, &stats, socket_fd).await;
+                    if batch.capacity() > STDIN_BATCH {
+                        // Do not keep a burst's buffer for the rest of a long, quiet session.
+                        *batch = BytesMut::new();
+                    }
+                    batch.clear();
+                    if let Some(end) = delivered.apply(stdin) {
+                        return end;
+                    }
+                    gather = true;
+                }
+                if let Some(end) = end {
+                    return end;
+                }
+                if gather {
+                    continue;
+                }
+            }
         }
         let next = tokio::select! {
             biased;
@@ -760,50 +800,13 @@ async fn read_into(
             // data.
             StdinTarget::Closed => continue,
             StdinTarget::Shared(tx) => queue_shared(tx, item, socket_fd).await,
-            StdinTarget::Pipe { pipe, batch } => {
-                // Messages that have already arrived go out with this one, in one write.
-                let mut end = None;
-                let mut large = None;
-                if item.len() >= STDIN_BATCH {
-                    large = Some(item);
-                } else if let Some(more) = stream.next().now_or_never() {
-                    append(batch, &item);
-                    let mut more = Some(more);
-                    while let Some(next) = more.take() {
-                        match reader.step(next) {
-                            Step::Data(item) if item.len() >= STDIN_BATCH => large = Some(item),
-                            Step::Data(item) => append(batch, &item),
-                            Step::Skip => {}
-                            Step::End(e) => end = Some(e),
-                        }
-                        if end.is_none() && large.is_none() && batch.len() < STDIN_BATCH {
-                            more = stream.next().now_or_never();
-                        }
-                    }
-                } else {
-                    // One message alone (the common case): written as it is, with no copy.
-                    large = Some(item);
-                }
-                let written = write_pipe(pipe, batch, large, &stats, socket_fd).await;
-                if batch.capacity() > STDIN_BATCH {
-                    // Do not keep a burst's buffer for the rest of a long, quiet session.
-                    *batch = BytesMut::new();
-                }
-                batch.clear();
-                if let Some(end) = end {
-                    return end;
-                }
-                written
+            StdinTarget::Pipe { pipe, .. } => {
+                gather = true;
+                write_pipe(pipe, &[], Some(item), &stats, socket_fd).await
             }
         };
-        match delivered {
-            Delivered::Yes => {}
-            Delivered::StdinClosed => *stdin = StdinTarget::Closed,
-            Delivered::HungUp => {
-                return ClientEnd::Gone(
-                    "connection dropped while the program was not reading".into(),
-                )
-            }
+        if let Some(end) = delivered.apply(stdin) {
+            return end;
         }
     }
 }
@@ -815,6 +818,22 @@ enum Delivered {
     StdinClosed,
     /// The client hung up while the program was not reading.
     HungUp,
+}
+
+impl Delivered {
+    /// Notes a closed stdin; the end of the reader if the client hung up.
+    fn apply(self, stdin: &mut StdinTarget) -> Option<ClientEnd> {
+        match self {
+            Delivered::Yes => None,
+            Delivered::StdinClosed => {
+                *stdin = StdinTarget::Closed;
+                None
+            }
+            Delivered::HungUp => Some(ClientEnd::Gone(
+                "connection dropped while the program was not reading".into(),
+            )),
+        }
+    }
 }
 
 /// Queues a message for a `--broadcast` hub's stdin writer, waiting while its queue is full.
