@@ -490,3 +490,18 @@ impl Reaper {
         }
     }
 }
+
+/// Blocks SIGCHLD in the calling thread (the main thread, which only waits on the runtime), so
+/// that the kernel delivers it to a runtime worker, which is awake anyway or wakes for the
+/// reaper: otherwise the main thread would be woken for each child's exit, only to pass the
+/// signal on to a worker.
+pub fn leave_sigchld_to_the_workers() {
+    // SAFETY: a sigset_t on the stack, initialised by sigemptyset; pthread_sigmask only
+    // changes this thread's mask.
+    unsafe {
+        let mut set = std::mem::zeroed::<libc::sigset_t>();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGCHLD);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+    }
+}
