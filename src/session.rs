@@ -570,7 +570,9 @@ async fn send_batch(sink: &mut Sink, batch: Vec<Message>, stats: &Stats) -> Resu
 /// Lets the stdin writer deliver what is queued for at most `within`, then closes stdin.
 async fn finish_stdin(task: Option<JoinHandle<()>>, within: Duration) {
     if let Some(mut task) = task {
-        if tokio::time::timeout(within, &mut task).await.is_err() {
+        // No time given: no timer either (a zero timeout still waits for the timer's next tick,
+        // up to a millisecond, and wakes the event loop to arm it).
+        if within.is_zero() || tokio::time::timeout(within, &mut task).await.is_err() {
             task.abort();
             let _ = task.await;
         }
