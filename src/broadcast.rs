@@ -26,6 +26,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
+use crate::cgi_env::Environment;
 use crate::child::{ChildProcess, Exit};
 use crate::config::{Config, Linger};
 use crate::session::{self, Encoder, StdinItem};
@@ -76,7 +77,7 @@ impl Hubs {
         self: &Arc<Self>,
         program: &std::path::Path,
         args: &[OsString],
-        env: impl FnOnce() -> Vec<(OsString, OsString)>,
+        env: impl FnOnce() -> Environment,
         fork: impl FnOnce() -> Option<Option<OwnedSemaphorePermit>>,
         last_seen: Option<u64>,
     ) -> Result<Subscription, SubscribeError> {
@@ -120,7 +121,7 @@ impl Hubs {
         self: &Arc<Self>,
         program: &std::path::Path,
         args: &[OsString],
-        env: Vec<(OsString, OsString)>,
+        env: Environment,
         permit: Option<OwnedSemaphorePermit>,
     ) -> Result<(), std::io::Error> {
         let key = (program.to_path_buf(), args.to_vec());
@@ -138,7 +139,7 @@ impl Hubs {
     fn start(
         self: &Arc<Self>,
         key: RouteKey,
-        env: Vec<(OsString, OsString)>,
+        env: Environment,
         permit: Option<OwnedSemaphorePermit>,
     ) -> Result<Arc<Hub>, SubscribeError> {
         let mut child = ChildProcess::spawn(&key.0, &key.1, env).map_err(SubscribeError::Spawn)?;

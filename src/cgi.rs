@@ -227,7 +227,7 @@ fn environment(
     remote: &Remote,
     script_name: &str,
     id: &str,
-) -> Vec<(std::ffi::OsString, std::ffi::OsString)> {
+) -> cgi_env::Environment {
     let script = ScriptPath {
         script_name: script_name.to_string(),
         path_info: String::new(),
@@ -245,8 +245,8 @@ fn environment(
         ("CONTENT_LENGTH", header(hyper::header::CONTENT_LENGTH)),
         ("CONTENT_TYPE", header(hyper::header::CONTENT_TYPE)),
     ] {
-        if let Some(slot) = env.iter_mut().find(|(k, _)| k == key) {
-            slot.1 = value.into();
+        if env.get(key).is_some() {
+            env.set(key, &value);
         }
     }
     env

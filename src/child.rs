@@ -25,6 +25,8 @@ use tokio::net::unix::pipe;
 use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio::sync::oneshot;
 
+use crate::cgi_env::Environment;
+
 /// How long a program gets after its stdin is closed, and then after each signal, before the
 /// next step (websocketd's schedule); `--closems` is added to each of the first three.
 const STEPS: [(Option<libc::c_int>, Duration); 4] = [
@@ -95,11 +97,7 @@ impl ChildProcess {
     ///
     /// As with `std::process::Command` (`env_clear().envs(env)`), the environment is sorted by
     /// name and a name given twice keeps its last value.
-    pub fn spawn(
-        program: &Path,
-        args: &[OsString],
-        env: Vec<(OsString, OsString)>,
-    ) -> io::Result<ChildProcess> {
+    pub fn spawn(program: &Path, args: &[OsString], env: Environment) -> io::Result<ChildProcess> {
         let reaper = Reaper::get()?;
         let program = cstring(program.as_os_str().as_bytes())?;
         let mut argv = Vec::with_capacity(args.len() + 1);
@@ -107,7 +105,7 @@ impl ChildProcess {
         for a in args {
             argv.push(cstring(a.as_bytes())?);
         }
-        let envp = environment(env)?;
+        let envp = env.pointers()?;
         let Pipe {
             read: child_stdin,
             write: stdin,
@@ -254,30 +252,6 @@ fn cstring(bytes: &[u8]) -> io::Result<CString> {
     })
 }
 
-/// `NAME=value` strings, sorted by name, the last of a repeated name kept.
-fn environment(mut env: Vec<(OsString, OsString)>) -> io::Result<Vec<CString>> {
-    // Stable: among equal names, the order given is kept, so the last is the last.
-    env.sort_by(|a, b| a.0.cmp(&b.0));
-    let mut out: Vec<CString> = Vec::with_capacity(env.len());
-    let mut last_name: Option<OsString> = None;
-    for (k, v) in env {
-        let mut kv = Vec::with_capacity(k.len() + v.len() + 2);
-        kv.extend_from_slice(k.as_bytes());
-        kv.push(b'=');
-        kv.extend_from_slice(v.as_bytes());
-        let kv = cstring(&kv)?;
-        if last_name.as_ref() == Some(&k) {
-            if let Some(prev) = out.last_mut() {
-                *prev = kv;
-            }
-        } else {
-            out.push(kv);
-            last_name = Some(k);
-        }
-    }
-    Ok(out)
-}
-
 /// wsd's end of a pipe, made non-blocking (the child's end stays blocking, as programs expect).
 fn nonblocking(fd: OwnedFd) -> io::Result<OwnedFd> {
     // SAFETY: fcntl on a descriptor we own. A new pipe end has no status flags but its access
@@ -351,18 +325,18 @@ mod spawn {
             .collect()
     }
 
-    /// Starts `program` (a path, not searched for in PATH) with `stdio` as its descriptors 0,
+    /// Starts `program` (a path, not searched for in PATH) with the environment `envp` (a
+    /// null-terminated array, see [`Environment::pointers`]) and `stdio` as its descriptors 0,
     /// 1 and 2, in a process group of its own, with an empty signal mask and SIGPIPE at its
     /// default action (wsd ignores it, as every Rust program does, and ignored signals stay
     /// ignored across exec): what `std::process::Command` sets up too.
     pub(super) fn posix_spawn(
         program: &CString,
         argv: &[CString],
-        envp: &[CString],
+        envp: &[*const libc::c_char],
         stdio: [&OwnedFd; 3],
     ) -> io::Result<u32> {
         let argv = pointers(argv);
-        let envp = pointers(envp);
         // SAFETY: the attribute and file-action objects are initialised before use and
         // destroyed once (by their owners' Drop); every pointer passed to posix_spawn is to a
         // NUL-terminated string or a null-terminated array of them that outlives the call; the
@@ -408,7 +382,7 @@ mod spawn {
                 &actions.0,
                 &attr.0,
                 argv.as_ptr(),
-                envp.as_ptr(),
+                envp.as_ptr().cast(),
             ))?;
             Ok(pid as u32)
         }
@@ -517,25 +491,17 @@ impl Reaper {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn env(pairs: &[(&str, &str)]) -> Vec<(OsString, OsString)> {
-        pairs.iter().map(|(k, v)| (k.into(), v.into())).collect()
-    }
-
-    #[test]
-    fn the_environment_is_sorted_and_a_repeated_name_keeps_its_last_value() {
-        let out =
-            environment(env(&[("PATH", "/bin"), ("B", "1"), ("A", "x"), ("B", "2")])).unwrap();
-        let out: Vec<&str> = out.iter().map(|c| c.to_str().unwrap()).collect();
-        assert_eq!(out, ["A=x", "B=2", "PATH=/bin"]);
-    }
-
-    #[test]
-    fn a_nul_byte_in_the_environment_is_refused() {
-        let e = environment(env(&[("A", "x\0y")])).unwrap_err();
-        assert_eq!(e.kind(), io::ErrorKind::InvalidInput);
+/// Blocks SIGCHLD in the calling thread (the main thread, which only waits on the runtime), so
+/// that the kernel delivers it to a runtime worker, which is awake anyway or wakes for the
+/// reaper: otherwise the main thread would be woken for each child's exit, only to pass the
+/// signal on to a worker.
+pub fn leave_sigchld_to_the_workers() {
+    // SAFETY: a sigset_t on the stack, initialised by sigemptyset; pthread_sigmask only
+    // changes this thread's mask.
+    unsafe {
+        let mut set = std::mem::zeroed::<libc::sigset_t>();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGCHLD);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
     }
 }

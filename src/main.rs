@@ -67,6 +67,7 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    wsd::child::leave_sigchld_to_the_workers();
     let result = runtime.block_on(wsd::server::run(config));
     // Sessions were already given their bounded teardown; nothing may hold up the exit.
     runtime.shutdown_timeout(std::time::Duration::from_secs(1));
