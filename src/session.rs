@@ -51,8 +51,8 @@ const STDIN_BATCH: usize = 64 * 1024;
 /// How long the output pump keeps reading after the child exited, for output still in the pipe
 /// (a background grandchild may hold stdout open forever).
 const DRAIN_AFTER_EXIT: Duration = Duration::from_millis(250);
-/// How long the stdin writer may take to deliver what the client sent before the session
-/// ended (plus `--closems`); a child that does not read must not hold up its teardown.
+/// How long the client reader may take to finish writing what the client sent before the
+/// session ended (plus `--closems`); a child that does not read must not hold up its teardown.
 const STDIN_FLUSH: Duration = Duration::from_millis(100);
 /// While the child is not reading, how often the reader checks whether the client hung up.
 const HANGUP_CHECK: Duration = Duration::from_millis(200);
