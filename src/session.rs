@@ -254,25 +254,15 @@ impl Session {
                     self.child.terminate(grace).await
                 }
                 End::TooSlow => self.child.terminate(grace).await,
-                End::PeerDead => {
-                    crate::access!("session", "no answer to pings: dropping the connection");
+                End::PeerDead | End::Shutdown => {
+                    let reason = if matches!(end, End::PeerDead) {
+                        crate::access!("session", "no answer to pings: dropping the connection");
+                        "ping timeout"
+                    } else {
+                        "server shutting down"
+                    };
                     let (_, exit) = tokio::join!(
-                        send_close(
-                            &mut sink,
-                            close_frame(CloseCode::Away, "ping timeout"),
-                            &stats
-                        ),
-                        self.child.terminate(grace)
-                    );
-                    exit
-                }
-                End::Shutdown => {
-                    let (_, exit) = tokio::join!(
-                        send_close(
-                            &mut sink,
-                            close_frame(CloseCode::Away, "server shutting down"),
-                            &stats
-                        ),
+                        send_close(&mut sink, close_frame(CloseCode::Away, reason), &stats),
                         self.child.terminate(grace)
                     );
                     exit

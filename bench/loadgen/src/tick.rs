@@ -34,13 +34,23 @@ pub fn latency_us(text: &str) -> Option<f64> {
 
 /// Runs the program: prints until stdout is closed (the server hung up: EPIPE, as Rust
 /// ignores SIGPIPE) or `max` has passed, a bound so that nothing the benchmark starts can
-/// outlive it for long. A tick that comes late is not made up for with a burst.
+/// outlive it for long.
+///
+/// Ticks fall on multiples of `interval` of the real-time clock, so that every copy of the
+/// program (websocketd runs one per client) prints at the same moment, as one shared program
+/// does for all its clients: each server then has the same burst of messages to deliver at
+/// once. A tick that comes late is not made up for with a burst.
 pub fn run(interval: Duration, burst: usize, len: usize, max: Duration) {
     let started = Instant::now();
     let mut stdout = std::io::stdout().lock();
     let mut seq = 0u64;
-    let mut next = started;
     let mut buf = String::new();
+    let every = (interval.as_nanos() as u64).max(1);
+    let until_next_tick = || {
+        let now = now_nanos();
+        Duration::from_nanos((now / every + 1) * every - now)
+    };
+    std::thread::sleep(until_next_tick());
     while started.elapsed() < max {
         buf.clear();
         for _ in 0..burst {
@@ -52,12 +62,6 @@ pub fn run(interval: Duration, burst: usize, len: usize, max: Duration) {
         if stdout.write_all(buf.as_bytes()).is_err() || stdout.flush().is_err() {
             return;
         }
-        next += interval;
-        let now = Instant::now();
-        if next > now {
-            std::thread::sleep(next - now);
-        } else {
-            next = now;
-        }
+        std::thread::sleep(until_next_tick());
     }
 }
