@@ -1050,13 +1050,17 @@ impl StderrLog {
     /// Reads once and logs the complete lines; returns them (for `--passstderr`) and whether
     /// stderr has ended. Cancel-safe: the only await is the wait for data.
     pub(crate) async fn read(&mut self) -> (Vec<Bytes>, bool) {
-        let n = self.lines.read_from(&self.pipe).await.unwrap_or_else(|e| {
-            crate::error!(
-                "process",
-                "Unexpected error while reading STDERR from process: {e}"
-            );
-            0
-        });
+        let n = self
+            .lines
+            .read_from(&mut self.pipe)
+            .await
+            .unwrap_or_else(|e| {
+                crate::error!(
+                    "process",
+                    "Unexpected error while reading STDERR from process: {e}"
+                );
+                0
+            });
         let lines = self.lines.take_lines(n == 0);
         for line in &lines {
             crate::error!("stderr", "{}", String::from_utf8_lossy(line));
