@@ -711,30 +711,28 @@ async fn read_client(
     started: Instant,
     socket_fd: std::os::fd::RawFd,
 ) -> (ClientEnd, StdinTarget) {
-    let end = read_into(&mut stream, &mut stdin, binary, stats, started, socket_fd).await;
+    let reader = ClientReader {
+        binary,
+        stats,
+        started,
+        closing: false,
+    };
+    let end = read_into(&mut stream, &mut stdin, reader, socket_fd).await;
     (end, stdin)
 }
 
 async fn read_into(
     stream: &mut SplitStream<Ws>,
     stdin: &mut StdinTarget,
-    binary: bool,
-    stats: Arc<Stats>,
-    started: Instant,
+    mut reader: ClientReader,
     socket_fd: std::os::fd::RawFd,
 ) -> ClientEnd {
-    let mut reader = ClientReader {
-        binary,
-        stats: stats.clone(),
-        started,
-        closing: false,
-    };
     // After a write to the pipe, the messages that arrived meanwhile are taken without
     // waiting and go to stdin together, in one write. A message that comes alone is written
     // at once, as it is: no copy, and no read of the socket before it.
     let mut gather = false;
     loop {
-        match stats.control() {
+        match reader.stats.control() {
             READ_ON => {}
             CLOSE_STDIN => *stdin = StdinTarget::Closed,
             _ => return ClientEnd::Gone("the session ended".into()),
@@ -756,7 +754,7 @@ async fn read_into(
                     }
                 }
                 if !batch.is_empty() || large.is_some() {
-                    let delivered = write_pipe(pipe, batch, large, &stats, socket_fd).await;
+                    let delivered = write_pipe(pipe, batch, large, &reader.stats, socket_fd).await;
                     if batch.capacity() > STDIN_BATCH {
                         // Do not keep a burst's buffer for the rest of a long, quiet session.
                         *batch = BytesMut::new();
@@ -777,7 +775,7 @@ async fn read_into(
         }
         let next = tokio::select! {
             biased;
-            _ = stats.wake_reader.notified() => continue,
+            _ = reader.stats.wake_reader.notified() => continue,
             next = stream.next() => next,
         };
         let item = match reader.step(next) {
@@ -792,7 +790,7 @@ async fn read_into(
             StdinTarget::Shared(tx) => queue_shared(tx, item, socket_fd).await,
             StdinTarget::Pipe { pipe, .. } => {
                 gather = true;
-                write_pipe(pipe, &[], Some(item), &stats, socket_fd).await
+                write_pipe(pipe, &[], Some(item), &reader.stats, socket_fd).await
             }
         };
         if let Some(end) = delivered.apply(stdin) {
@@ -846,18 +844,29 @@ async fn wait_for_queue(
     item: StdinItem,
     socket_fd: std::os::fd::RawFd,
 ) -> Delivered {
+    match unless_hung_up(tx.reserve(), socket_fd).await {
+        Some(Ok(permit)) => {
+            permit.send(item);
+            Delivered::Yes
+        }
+        Some(Err(_)) => Delivered::StdinClosed,
+        None => Delivered::HungUp,
+    }
+}
+
+/// Runs `work` to its end, or until the client hangs up (`None`), which is checked every
+/// [`HANGUP_CHECK`]: the reader is not reading the socket meanwhile, so a read cannot show it.
+async fn unless_hung_up<F: std::future::Future>(
+    work: F,
+    socket_fd: std::os::fd::RawFd,
+) -> Option<F::Output> {
+    tokio::pin!(work);
     loop {
         tokio::select! {
-            permit = tx.reserve() => return match permit {
-                Ok(permit) => {
-                    permit.send(item);
-                    Delivered::Yes
-                }
-                Err(_) => Delivered::StdinClosed,
-            },
+            out = &mut work => return Some(out),
             _ = tokio::time::sleep(HANGUP_CHECK) => {
                 if hung_up(socket_fd) {
-                    return Delivered::HungUp;
+                    return None;
                 }
             }
         }
@@ -910,22 +919,20 @@ async fn wait_for_pipe(
     stats: &Stats,
     socket_fd: std::os::fd::RawFd,
 ) -> Option<std::io::Result<()>> {
-    loop {
-        tokio::select! {
-            biased;
-            _ = stats.wake_reader.notified() => {
-                if stats.control() == CLOSE_STDIN {
-                    return Some(Err(std::io::ErrorKind::BrokenPipe.into()));
+    let until_closed = async {
+        loop {
+            tokio::select! {
+                biased;
+                _ = stats.wake_reader.notified() => {
+                    if stats.control() == CLOSE_STDIN {
+                        return Err(std::io::ErrorKind::BrokenPipe.into());
+                    }
                 }
-            }
-            result = &mut write => return Some(result),
-            _ = tokio::time::sleep(HANGUP_CHECK) => {
-                if hung_up(socket_fd) {
-                    return None;
-                }
+                result = &mut write => return result,
             }
         }
-    }
+    };
+    unless_hung_up(until_closed, socket_fd).await
 }
 
 /// A client message on its way to stdin. The newline is kept apart from the data so that a
