@@ -203,20 +203,35 @@ where
         let now = chrono::Local::now().format("%a, %d %b %Y %H:%M:%S %z");
         write!(writer, "{now} | {level:<6} | {:<10} | ", fields.area)?;
         let mut first = true;
-        if let Some(scope) = ctx.event_scope() {
-            for span in scope.from_root() {
-                let ext = span.extensions();
-                if let Some(pairs) = ext.get::<FormattedFields<N>>() {
-                    if !pairs.is_empty() {
-                        if !first {
-                            writer.write_char(' ')?;
-                        }
-                        first = false;
-                        writer.write_str(pairs)?;
-                    }
+        for_each_span_fields(ctx, |pairs| {
+            if !std::mem::take(&mut first) {
+                writer.write_char(' ')?;
+            }
+            writer.write_str(pairs)
+        })?;
+        writeln!(writer, " | {}", fields.message)
+    }
+}
+
+/// Calls `each` with the formatted fields of every span the event is in, outermost first,
+/// leaving out spans without fields.
+pub(crate) fn for_each_span_fields<S, N>(
+    ctx: &FmtContext<'_, S, N>,
+    mut each: impl FnMut(&str) -> fmt::Result,
+) -> fmt::Result
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+{
+    if let Some(scope) = ctx.event_scope() {
+        for span in scope.from_root() {
+            let ext = span.extensions();
+            if let Some(fields) = ext.get::<FormattedFields<N>>() {
+                if !fields.is_empty() {
+                    each(fields)?;
                 }
             }
         }
-        writeln!(writer, " | {}", fields.message)
     }
+    Ok(())
 }

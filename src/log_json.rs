@@ -18,7 +18,7 @@ use tracing_subscriber::fmt::format::Writer;
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields, FormattedFields};
 use tracing_subscriber::registry::LookupSpan;
 
-use crate::log::{level_name, EventFields};
+use crate::log::{for_each_span_fields, level_name, EventFields};
 
 /// Formats span fields as `"key":"value"` members, to be spliced into each event's object.
 pub struct JsonFields;
@@ -100,17 +100,10 @@ where
         member(&mut writer, "level", level_name(event.metadata()))?;
         writer.write_char(',')?;
         member(&mut writer, "area", &fields.area)?;
-        if let Some(scope) = ctx.event_scope() {
-            for span in scope.from_root() {
-                let ext = span.extensions();
-                if let Some(members) = ext.get::<FormattedFields<N>>() {
-                    if !members.is_empty() {
-                        writer.write_char(',')?;
-                        writer.write_str(members)?;
-                    }
-                }
-            }
-        }
+        for_each_span_fields(ctx, |members| {
+            writer.write_char(',')?;
+            writer.write_str(members)
+        })?;
         writer.write_char(',')?;
         member(&mut writer, "message", &fields.message)?;
         writer.write_str("}\n")
