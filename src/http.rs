@@ -357,20 +357,13 @@ async fn upgrade(
 ) -> Response<Body> {
     let config = &shared.config;
     let span = tracing::Span::current();
-
-    // Per connection, a fork slot is the first check (as websocketd); a shared program takes
-    // one only when it has to be started.
-    let permit = if config.broadcast {
-        None
-    } else {
-        match take_fork(shared) {
-            Ok(p) => p,
-            Err(resp) => return *resp,
-        }
-    };
-    let (id, remote) = identify(shared, peer, &req, &span).await;
-    let route = match resolve_route(config, req.uri().path(), &span) {
-        Ok(r) => r,
+    let Admission {
+        permit,
+        id,
+        remote,
+        route,
+    } = match admit(shared, peer, &req, &span).await {
+        Ok(a) => a,
         Err(resp) => return *resp,
     };
 
@@ -514,6 +507,40 @@ pub fn start_at_boot(shared: &Arc<Shared>) {
 
 /// A refusal: the response to send instead (boxed: it is large, and the rare path).
 pub(crate) type Refused = Box<Response<Body>>;
+
+/// What a request for a program has been given by [`admit`].
+pub(crate) struct Admission {
+    /// The `--maxforks` slot (per connection; `None` without a limit or with `--broadcast`).
+    pub permit: Option<OwnedSemaphorePermit>,
+    pub id: String,
+    pub remote: Remote,
+    pub route: route::Route,
+}
+
+/// The checks every request for a program (an upgrade or an event stream) passes first, in
+/// websocketd's order: a fork slot, the client's identity, the route. Per connection the fork
+/// slot comes first; a shared program takes one only when it has to be started.
+pub(crate) async fn admit<B>(
+    shared: &Shared,
+    peer: &Peer,
+    req: &Request<B>,
+    span: &tracing::Span,
+) -> Result<Admission, Refused> {
+    let config = &shared.config;
+    let permit = if config.broadcast {
+        None
+    } else {
+        take_fork(shared)?
+    };
+    let (id, remote) = identify(shared, peer, req, span).await;
+    let route = resolve_route(config, req.uri().path(), span)?;
+    Ok(Admission {
+        permit,
+        id,
+        remote,
+        route,
+    })
+}
 
 /// A `--maxforks` slot, or the 429 answer.
 pub(crate) fn take_fork(shared: &Shared) -> Result<Option<OwnedSemaphorePermit>, Refused> {

@@ -60,17 +60,13 @@ pub async fn respond(
 ) -> Response<Body> {
     let config = &shared.config;
     let span = tracing::Span::current();
-    let permit = if config.broadcast {
-        None
-    } else {
-        match http::take_fork(shared) {
-            Ok(p) => p,
-            Err(resp) => return *resp,
-        }
-    };
-    let (id, remote) = http::identify(shared, peer, &req, &span).await;
-    let route = match http::resolve_route(config, req.uri().path(), &span) {
-        Ok(r) => r,
+    let http::Admission {
+        permit,
+        id,
+        remote,
+        route,
+    } = match http::admit(shared, peer, &req, &span).await {
+        Ok(a) => a,
         Err(resp) => return *resp,
     };
     if let Err(resp) = http::check_origin(config, &req, host, &span) {
