@@ -47,7 +47,7 @@ fn start_spelled(spelled: &[String], rest: &[&str]) -> Wsd {
     start_spelled_with(spelled, rest, |_| {})
 }
 
-fn start_spelled_with(spelled: &[String], rest: &[&str], adjust: impl FnOnce(&mut Command)) -> Wsd {
+fn start_spelled_with(spelled: &[String], rest: &[&str], adjust: impl Fn(&mut Command)) -> Wsd {
     let mut args: Vec<&str> = spelled.iter().map(String::as_str).collect();
     args.extend_from_slice(rest);
     Wsd::start_with(&args, adjust)
@@ -65,19 +65,6 @@ fn spawn_exact(args: &[String], port: u16) -> Wsd {
 
 fn strings(args: &[&str]) -> Vec<String> {
     args.iter().map(|s| s.to_string()).collect()
-}
-
-fn wait_for_tcp(wsd: &Wsd, port: u16) {
-    assert!(
-        wait_until(Duration::from_secs(10), || std::net::TcpStream::connect((
-            "127.0.0.1",
-            port
-        ))
-        .is_ok()),
-        "wsd did not listen on 127.0.0.1:{port}; stdout {:?} stderr {:?}",
-        wsd.stdout(),
-        wsd.stderr()
-    );
 }
 
 fn wait_for_unix(wsd: &Wsd, path: &Path) {
@@ -203,7 +190,7 @@ async fn port_in_every_go_spelling_makes_wsd_listen_on_that_port() {
             .collect();
         args.extend(strings(&["--address=127.0.0.1", "cat"]));
         let wsd = spawn_exact(&args, port);
-        wait_for_tcp(&wsd, port);
+        wsd.assert_listening(port);
         assert_eq!(
             echo_event(&wsd, "hi").await,
             Event::Text("hi".into()),
@@ -220,7 +207,7 @@ async fn address_in_every_go_spelling_binds_that_interface() {
         args.extend(spelling.iter().cloned());
         args.push("cat".into());
         let wsd = spawn_exact(&args, port);
-        wait_for_tcp(&wsd, port);
+        wsd.assert_listening(port);
         // Without --address wsd would announce the machine's name (all interfaces).
         let want = format!("Starting WebSocket server   : ws://127.0.0.1:{port}/");
         assert!(

@@ -737,12 +737,7 @@ fn start_as_nobody(nproc: Option<u64>) -> Wsd {
         }
     }
     let wsd = Wsd::spawn(cmd, port);
-    assert!(
-        wait_until(SECS5, || TcpStream::connect(("127.0.0.1", port)).is_ok()),
-        "wsd as nobody did not start: {:?} {:?}",
-        wsd.stdout(),
-        wsd.stderr()
-    );
+    wsd.assert_listening(port);
     wsd
 }
 

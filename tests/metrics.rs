@@ -16,10 +16,7 @@ fn start_with_metrics(args: &[&str]) -> (GracefulWsd, u16) {
     let mut all = vec![flag.as_str()];
     all.extend_from_slice(args);
     let wsd = GracefulWsd(Wsd::start(&all));
-    assert!(
-        wait_until(SECS5, || TcpStream::connect(("127.0.0.1", port)).is_ok()),
-        "the metrics port is not open"
-    );
+    wsd.assert_listening(port);
     (wsd, port)
 }
 

@@ -701,11 +701,7 @@ async fn redirport_answers_301_to_the_https_url_with_path_and_query() {
     let (cert, key, _) = pki.server("server", false);
     let redir = free_port();
     let wsd = start_tls(&cert, &key, &[&format!("--redirport={redir}"), "cat"]);
-    assert!(wait_until(FIVE_SECONDS, || TcpStream::connect((
-        "127.0.0.1",
-        redir
-    ))
-    .is_ok()));
+    wsd.assert_listening(redir);
     let response = raw_http(
         redir,
         b"GET /chat/room?x=1 HTTP/1.1\r\nHost: localhost:9999\r\n\r\n",

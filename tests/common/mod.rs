@@ -22,13 +22,70 @@ pub fn wsd_bin() -> &'static str {
     env!("CARGO_BIN_EXE_wsd")
 }
 
-/// A free TCP port on 127.0.0.1 (bound and released; good enough for tests run in parallel).
+/// A free TCP port on 127.0.0.1, taken from below the kernel's ephemeral range so that no
+/// outgoing connection of a test running in parallel is given it between this check and wsd's
+/// bind (the ephemeral range is where `bind(0)` and every client socket draw their ports). Each
+/// test binary starts at its own offset in the range and walks it.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const FIRST: u32 = 10_000;
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<u32>().ok())
+        .filter(|&low| low > FIRST + 1_000)
+        .unwrap_or(32_768);
+    let span = ephemeral_low - FIRST;
+    let start = std::process::id().wrapping_mul(7_919);
+    for _ in 0..span {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = (FIRST + start.wrapping_add(n) % span) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port between {FIRST} and {ephemeral_low}");
+}
+
+/// Socket inodes of TCP sockets listening on `port` (any address, IPv4 or IPv6).
+fn listening_inodes(port: u16) -> Vec<String> {
+    let wanted = format!("{port:04X}");
+    let mut inodes = Vec::new();
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let Ok(text) = std::fs::read_to_string(table) else {
+            continue;
+        };
+        for line in text.lines().skip(1) {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            // sl local_address rem_address st tx:rx tr:when retrnsmt uid timeout inode
+            let local_port = fields.get(1).and_then(|a| a.rsplit(':').next());
+            if local_port == Some(wanted.as_str()) && fields.get(3) == Some(&"0A") {
+                if let Some(inode) = fields.get(9) {
+                    inodes.push(inode.to_string());
+                }
+            }
+        }
+    }
+    inodes
+}
+
+/// True if process `pid` holds a socket listening on TCP `port`. Unlike a test connection, this
+/// cannot be fooled by another test's server that happens to listen on the same port, nor by a
+/// loopback connection that connects to itself.
+pub fn listens_on(pid: u32, port: u16) -> bool {
+    let inodes = listening_inodes(port);
+    if inodes.is_empty() {
+        return false;
+    }
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return false;
+    };
+    fds.flatten().any(|fd| {
+        std::fs::read_link(fd.path()).is_ok_and(|target| {
+            let target = target.to_string_lossy();
+            inodes.iter().any(|i| target == format!("socket:[{i}]"))
+        })
+    })
 }
 
 /// Polls `cond` every 10 ms until it holds or `within` passes.
@@ -107,29 +164,63 @@ impl Wsd {
         Self::start_with(args, |_| {})
     }
 
-    /// Like [`Wsd::start`], letting the caller adjust the command (environment, say).
-    pub fn start_with(args: &[&str], adjust: impl FnOnce(&mut Command)) -> Wsd {
-        let port = free_port();
-        let mut cmd = Command::new(wsd_bin());
-        cmd.arg(format!("--port={port}"))
-            .arg("--address=127.0.0.1")
-            .args(args);
-        cmd.stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        adjust(&mut cmd);
-        let wsd = Self::spawn(cmd, port);
+    /// Like [`Wsd::start`], letting the caller adjust the command (environment, say). If the
+    /// port was taken after all (wsd exits saying so), starts again on another.
+    pub fn start_with(args: &[&str], adjust: impl Fn(&mut Command)) -> Wsd {
+        for _ in 0..3 {
+            let port = free_port();
+            let mut cmd = Command::new(wsd_bin());
+            cmd.arg(format!("--port={port}"))
+                .arg("--address=127.0.0.1")
+                .args(args);
+            cmd.stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped());
+            adjust(&mut cmd);
+            let mut wsd = Self::spawn(cmd, port);
+            if wsd.wait_listening(port) {
+                return wsd;
+            }
+            let in_use = wsd.wait_exit(Duration::from_secs(1)).is_some()
+                && wsd
+                    .stderr()
+                    .iter()
+                    .chain(wsd.stdout().iter())
+                    .any(|l| l.contains("in use"));
+            assert!(
+                in_use,
+                "wsd did not start listening on {port}; stdout: {:?} stderr: {:?}",
+                wsd.stdout(),
+                wsd.stderr()
+            );
+        }
+        panic!("three free ports in a row were taken before wsd could bind them");
+    }
+
+    /// Waits (up to 10 s) until this wsd holds a socket listening on `port`; false if it exits
+    /// or the time runs out first.
+    pub fn wait_listening(&self, port: u16) -> bool {
+        let pid = self.pid();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if listens_on(pid, port) {
+                return true;
+            }
+            if !alive(pid) || Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Like [`Wsd::wait_listening`], failing the test with wsd's output if it does not listen.
+    pub fn assert_listening(&self, port: u16) {
         assert!(
-            wait_until(Duration::from_secs(10), || TcpStream::connect((
-                "127.0.0.1",
-                port
-            ))
-            .is_ok()),
+            self.wait_listening(port),
             "wsd did not start listening on {port}; stdout: {:?} stderr: {:?}",
-            wsd.stdout(),
-            wsd.stderr()
+            self.stdout(),
+            self.stderr()
         );
-        wsd
     }
 
     /// Spawns a prepared command (stdout and stderr must be piped) without waiting for it.
