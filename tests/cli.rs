@@ -4,7 +4,6 @@
 mod common;
 use common::*;
 
-use std::collections::HashSet;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -103,44 +102,6 @@ fn assert_one_line_naming(stderr: &str, needles: &[&str]) {
             "stderr should name {needle}: {stderr:?}"
         );
     }
-}
-
-/// TCP ports `pid` is listening on (from its socket inodes and /proc/net/tcp{,6}).
-fn tcp_listen_ports(pid: u32) -> Vec<u16> {
-    let inodes: HashSet<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .map(|d| {
-            d.flatten()
-                .filter_map(|e| std::fs::read_link(e.path()).ok())
-                .filter_map(|l| {
-                    let l = l.to_string_lossy().into_owned();
-                    l.strip_prefix("socket:[")
-                        .and_then(|r| r.strip_suffix(']'))
-                        .map(str::to_string)
-                })
-                .collect()
-        })
-        .unwrap_or_default();
-    let mut ports = Vec::new();
-    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
-        let Ok(text) = std::fs::read_to_string(table) else {
-            continue;
-        };
-        for line in text.lines().skip(1) {
-            let f: Vec<&str> = line.split_whitespace().collect();
-            if f.len() > 9 && f[3] == "0A" && inodes.contains(f[9]) {
-                if let Some(port) = f[1]
-                    .rsplit(':')
-                    .next()
-                    .and_then(|p| u16::from_str_radix(p, 16).ok())
-                {
-                    ports.push(port);
-                }
-            }
-        }
-    }
-    ports.sort_unstable();
-    ports.dedup();
-    ports
 }
 
 type UnixWs = tokio_tungstenite::WebSocketStream<tokio::net::UnixStream>;

@@ -99,7 +99,9 @@ async fn a_scrape_during_a_session_shows_it_and_a_later_one_its_end() {
     c.send_text("Bob").await;
     assert_eq!(c.recv_text().await, "Hello, Bob!");
 
-    let during = Scrape::take(metrics);
+    // A message counts as sent once its write is flushed, which can be just after the client
+    // has read it; so wait for the count, then check that scrape exactly.
+    let during = scrape_until(metrics, |s| s.value("wsd_messages_sent_total") >= 2.0);
     assert_eq!(during.value(r#"wsd_connections_open{route="/"}"#), 1.0);
     assert_eq!(during.value(r#"wsd_connections_total{route="/"}"#), 1.0);
     assert_eq!(during.value("wsd_children_running"), 1.0);

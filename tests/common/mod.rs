@@ -47,45 +47,49 @@ pub fn free_port() -> u16 {
     panic!("no free port between {FIRST} and {ephemeral_low}");
 }
 
-/// Socket inodes of TCP sockets listening on `port` (any address, IPv4 or IPv6).
-fn listening_inodes(port: u16) -> Vec<String> {
-    let wanted = format!("{port:04X}");
-    let mut inodes = Vec::new();
+/// TCP ports `pid` is listening on (from its socket inodes and /proc/net/tcp{,6}).
+pub fn tcp_listen_ports(pid: u32) -> Vec<u16> {
+    let inodes: std::collections::HashSet<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| std::fs::read_link(e.path()).ok())
+                .filter_map(|l| {
+                    let l = l.to_string_lossy().into_owned();
+                    l.strip_prefix("socket:[")
+                        .and_then(|r| r.strip_suffix(']'))
+                        .map(str::to_string)
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut ports = Vec::new();
     for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
         let Ok(text) = std::fs::read_to_string(table) else {
             continue;
         };
         for line in text.lines().skip(1) {
-            let fields: Vec<&str> = line.split_whitespace().collect();
-            // sl local_address rem_address st tx:rx tr:when retrnsmt uid timeout inode
-            let local_port = fields.get(1).and_then(|a| a.rsplit(':').next());
-            if local_port == Some(wanted.as_str()) && fields.get(3) == Some(&"0A") {
-                if let Some(inode) = fields.get(9) {
-                    inodes.push(inode.to_string());
+            let f: Vec<&str> = line.split_whitespace().collect();
+            if f.len() > 9 && f[3] == "0A" && inodes.contains(f[9]) {
+                if let Some(port) = f[1]
+                    .rsplit(':')
+                    .next()
+                    .and_then(|p| u16::from_str_radix(p, 16).ok())
+                {
+                    ports.push(port);
                 }
             }
         }
     }
-    inodes
+    ports.sort_unstable();
+    ports.dedup();
+    ports
 }
 
 /// True if process `pid` holds a socket listening on TCP `port`. Unlike a test connection, this
 /// cannot be fooled by another test's server that happens to listen on the same port, nor by a
 /// loopback connection that connects to itself.
 pub fn listens_on(pid: u32, port: u16) -> bool {
-    let inodes = listening_inodes(port);
-    if inodes.is_empty() {
-        return false;
-    }
-    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
-        return false;
-    };
-    fds.flatten().any(|fd| {
-        std::fs::read_link(fd.path()).is_ok_and(|target| {
-            let target = target.to_string_lossy();
-            inodes.iter().any(|i| target == format!("socket:[{i}]"))
-        })
-    })
+    tcp_listen_ports(pid).contains(&port)
 }
 
 /// Polls `cond` every 10 ms until it holds or `within` passes.
