@@ -85,25 +85,6 @@ async fn echo_event(wsd: &Wsd, text: &str) -> Event {
     c.next_event(FIVE_SECONDS).await
 }
 
-/// Asserts that stderr is exactly one line and mentions every `needle`.
-fn assert_one_line_naming(stderr: &str, needles: &[&str]) {
-    assert!(
-        stderr.ends_with('\n'),
-        "stderr should end in a newline: {stderr:?}"
-    );
-    assert_eq!(
-        stderr.lines().count(),
-        1,
-        "stderr should be exactly one line: {stderr:?}"
-    );
-    for needle in needles {
-        assert!(
-            stderr.contains(needle),
-            "stderr should name {needle}: {stderr:?}"
-        );
-    }
-}
-
 type UnixWs = tokio_tungstenite::WebSocketStream<tokio::net::UnixStream>;
 
 /// A WebSocket client over a Unix socket.
@@ -585,76 +566,56 @@ async fn command_arguments_that_look_like_flags_reach_the_child_untouched() {
 
 #[test]
 fn an_unknown_double_dash_flag_is_a_one_line_usage_error_naming_it() {
-    let (code, stdout, stderr) = run_wsd(&["--nosuchflag", "cat"]);
-    assert_eq!(code, 2, "stderr: {stderr}");
-    assert_eq!(stdout, "");
-    assert_one_line_naming(&stderr, &["--nosuchflag"]);
+    let stderr = assert_usage_error(&["--nosuchflag", "cat"], &["--nosuchflag"]);
     assert!(!stderr.contains("unable to locate"), "{stderr}");
 }
 
 #[test]
 fn an_unknown_single_dash_flag_is_a_one_line_usage_error_naming_it() {
-    let (code, stdout, stderr) = run_wsd(&["-nosuchflag", "cat"]);
-    assert_eq!(code, 2, "stderr: {stderr}");
-    assert_eq!(stdout, "");
-    assert_one_line_naming(&stderr, &["-nosuchflag"]);
+    assert_usage_error(&["-nosuchflag", "cat"], &["-nosuchflag"]);
 }
 
 #[test]
 fn an_unknown_flag_with_a_value_is_a_one_line_usage_error_naming_it() {
-    let (code, _, stderr) = run_wsd(&["--nosuchflag=1", "cat"]);
-    assert_eq!(code, 2, "stderr: {stderr}");
-    assert_one_line_naming(&stderr, &["--nosuchflag"]);
+    assert_usage_error(&["--nosuchflag=1", "cat"], &["--nosuchflag"]);
 }
 
 #[test]
 fn a_non_numeric_port_is_a_one_line_usage_error_naming_port() {
-    let (code, stdout, stderr) = run_wsd(&["--port=abc", "cat"]);
-    assert_eq!(code, 2, "stderr: {stderr}");
-    assert_eq!(stdout, "");
-    assert_one_line_naming(&stderr, &["--port", "abc"]);
+    assert_usage_error(&["--port=abc", "cat"], &["--port", "abc"]);
 }
 
 #[test]
 fn an_unknown_loglevel_is_a_one_line_usage_error_naming_loglevel() {
-    let (code, stdout, stderr) = run_wsd(&["--loglevel=loud", "cat"]);
-    assert_eq!(code, 2, "stderr: {stderr}");
-    assert_eq!(stdout, "");
-    assert_one_line_naming(&stderr, &["--loglevel", "loud"]);
+    assert_usage_error(&["--loglevel=loud", "cat"], &["--loglevel", "loud"]);
 }
 
 #[test]
 fn a_non_numeric_maxforks_is_a_one_line_usage_error_naming_maxforks() {
-    let (code, stdout, stderr) = run_wsd(&["--maxforks=x", "cat"]);
-    assert_eq!(code, 2, "stderr: {stderr}");
-    assert_eq!(stdout, "");
-    assert_one_line_naming(&stderr, &["--maxforks"]);
+    assert_usage_error(&["--maxforks=x", "cat"], &["--maxforks"]);
 }
 
 #[test]
 fn a_value_missing_at_the_end_is_a_one_line_usage_error_naming_the_flag() {
     for args in [&["--port"][..], &["--binary", "-port"], &["--origin"]] {
-        let (code, stdout, stderr) = run_wsd(args);
-        assert_eq!(code, 2, "{args:?}: stderr {stderr}");
-        assert_eq!(stdout, "", "{args:?}");
         let flag = format!("--{}", args.last().unwrap().trim_start_matches('-'));
-        assert_one_line_naming(&stderr, &[&flag]);
+        assert_usage_error(args, &[&flag]);
     }
 }
 
 #[test]
 fn a_non_boolean_value_for_a_boolean_flag_is_a_usage_error_naming_it() {
-    let (code, _, stderr) = run_wsd(&["--binary=yes", "cat"]);
-    assert_eq!(code, 2, "stderr: {stderr}");
-    assert_one_line_naming(&stderr, &["--binary", "yes"]);
+    assert_usage_error(&["--binary=yes", "cat"], &["--binary", "yes"]);
 }
 
 #[test]
 fn binary_with_passstderr_is_a_usage_error_naming_both() {
-    let (code, stdout, stderr) = run_wsd(&["--binary", "--passstderr", "cat"]);
-    assert_eq!(code, 2, "stderr: {stderr}");
-    assert_eq!(stdout, "");
-    assert_one_line_naming(&stderr, &["--binary", "--passstderr"]);
+    for args in [
+        ["--binary", "--passstderr", "cat"],
+        ["--passstderr", "--binary", "cat"],
+    ] {
+        assert_usage_error(&args, &["--binary", "--passstderr"]);
+    }
 }
 
 #[test]

@@ -101,7 +101,5 @@ fn bash_completes_a_flag_and_its_values() {
 
 #[test]
 fn an_unknown_shell_is_a_flag_error() {
-    let (code, out, err) = run_wsd(&["--completions=tcsh"]);
-    assert_eq!(code, 2, "{out}");
-    assert!(err.contains("--completions"), "{err}");
+    assert_usage_error(&["--completions=tcsh"], &["--completions"]);
 }

@@ -500,23 +500,6 @@ printf 'e<rr\n' >&2"#,
     assert_eq!(close, Some((1000, String::new())));
 }
 
-#[test]
-fn passstderr_with_binary_is_rejected_naming_both_flags() {
-    let port = free_port().to_string();
-    let (code, _out, err) = run_wsd(&[
-        "--address=127.0.0.1",
-        &format!("--port={port}"),
-        "--passstderr",
-        "--binary",
-        "cat",
-    ]);
-    assert_eq!(code, 2, "stderr: {err}");
-    assert!(
-        err.contains("--passstderr") && err.contains("--binary"),
-        "stderr: {err}"
-    );
-}
-
 // ---- --pingms --------------------------------------------------------------------------------
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

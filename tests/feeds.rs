@@ -277,10 +277,7 @@ fn live_feed_flags_need_broadcast_and_sse_refuses_binary() {
         (vec!["--sse", "--binary", "cat"], "--sse"),
         (vec!["--broadcast", "--send-queue=0", "cat"], "--send-queue"),
     ] {
-        let (code, _, err) = run_wsd(&args);
-        assert_eq!(code, 2, "{args:?}: {err}");
-        assert!(err.contains(flag), "{args:?}: {err}");
-        assert_eq!(err.trim().lines().count(), 1, "{args:?}: {err}");
+        assert_usage_error(&args, &[flag]);
     }
 }
 

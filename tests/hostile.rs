@@ -100,10 +100,10 @@ async fn max_header_bytes_changes_the_limit() {
 
 #[test]
 fn max_header_bytes_below_8192_is_a_usage_error_naming_the_flag() {
-    let (code, out, err) = run_wsd(&["--max-header-bytes=4096", "cat"]);
-    assert_eq!(code, 2, "stdout: {out} stderr: {err}");
-    assert!(err.contains("--max-header-bytes"), "{err}");
-    assert!(err.contains("at least 8192"), "{err}");
+    assert_usage_error(
+        &["--max-header-bytes=4096", "cat"],
+        &["--max-header-bytes", "at least 8192"],
+    );
 }
 
 #[tokio::test]

@@ -426,13 +426,14 @@ fn devconsole_escapes_markup_from_the_request() {
 fn devconsole_cannot_be_combined_with_staticdir_or_cgidir() {
     let dir = TempDir::new("dc-combo");
     for flag in ["--staticdir", "--cgidir"] {
-        let (code, _, err) = run_wsd(&[
-            "--devconsole",
-            &format!("{flag}={}", dir.path().display()),
-            "cat",
-        ]);
-        assert_eq!(code, 2, "{err}");
-        assert!(err.contains("--devconsole") && err.contains(flag), "{err}");
+        assert_usage_error(
+            &[
+                "--devconsole",
+                &format!("{flag}={}", dir.path().display()),
+                "cat",
+            ],
+            &["--devconsole", flag],
+        );
     }
 }
 

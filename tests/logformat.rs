@@ -135,8 +135,5 @@ async fn text_is_the_default_format_and_can_be_named() {
 
 #[test]
 fn an_unknown_log_format_is_a_flag_error() {
-    let (code, _, err) = run_wsd(&["--log-format=xml", "cat"]);
-    assert_eq!(code, 2);
-    assert!(err.contains("--log-format"), "{err}");
-    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert_usage_error(&["--log-format=xml", "cat"], &["--log-format"]);
 }

@@ -309,6 +309,31 @@ impl Drop for Wsd {
     }
 }
 
+/// Runs wsd with `args` and asserts the usage-error convention: exit code 2, nothing on stdout,
+/// and exactly one line on stderr, ending in a newline, that contains every `needle`. Returns
+/// that line for further checks.
+pub fn assert_usage_error(args: &[&str], needles: &[&str]) -> String {
+    let (code, stdout, stderr) = run_wsd(args);
+    assert_eq!(code, 2, "{args:?}: stdout {stdout:?} stderr {stderr:?}");
+    assert_eq!(stdout, "", "{args:?}");
+    assert!(
+        stderr.ends_with('\n'),
+        "{args:?}: stderr should end in a newline: {stderr:?}"
+    );
+    assert_eq!(
+        stderr.lines().count(),
+        1,
+        "{args:?}: stderr should be exactly one line: {stderr:?}"
+    );
+    for needle in needles {
+        assert!(
+            stderr.contains(needle),
+            "{args:?}: stderr should name {needle}: {stderr:?}"
+        );
+    }
+    stderr
+}
+
 /// Runs wsd to completion with `args` (for flag errors, --version, ...): (exit code, stdout, stderr).
 pub fn run_wsd(args: &[&str]) -> (i32, String, String) {
     let mut child = Command::new(wsd_bin())
