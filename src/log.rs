@@ -114,30 +114,39 @@ impl<'w> FormatFields<'w> for PairFields {
         mut writer: Writer<'w>,
         fields: R,
     ) -> fmt::Result {
-        let mut visitor = PairVisitor {
-            writer: &mut writer,
-            first: true,
-            result: Ok(()),
-        };
-        fields.record(&mut visitor);
-        visitor.result
+        each_field(fields, |first, name, value| {
+            let sep = if first { "" } else { " " };
+            write!(writer, "{sep}{name}:'{value}'")
+        })
     }
 }
 
-struct PairVisitor<'a, 'w> {
-    writer: &'a mut Writer<'w>,
+/// Calls `write(first, name, value)` for each of `fields`, with Debug values formatted as
+/// strings, until a call fails; the first failure, if any.
+pub(crate) fn each_field(
+    fields: impl tracing_subscriber::field::RecordFields,
+    write: impl FnMut(bool, &str, &str) -> fmt::Result,
+) -> fmt::Result {
+    let mut visitor = FieldVisitor {
+        write,
+        first: true,
+        result: Ok(()),
+    };
+    fields.record(&mut visitor);
+    visitor.result
+}
+
+struct FieldVisitor<F> {
+    write: F,
     first: bool,
     result: fmt::Result,
 }
 
-impl Visit for PairVisitor<'_, '_> {
+impl<F: FnMut(bool, &str, &str) -> fmt::Result> Visit for FieldVisitor<F> {
     fn record_str(&mut self, field: &Field, value: &str) {
-        if self.result.is_err() {
-            return;
+        if self.result.is_ok() {
+            self.result = (self.write)(std::mem::take(&mut self.first), field.name(), value);
         }
-        let sep = if self.first { "" } else { " " };
-        self.first = false;
-        self.result = write!(self.writer, "{sep}{}:'{value}'", field.name());
     }
 
     fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {

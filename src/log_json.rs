@@ -11,27 +11,25 @@
 
 use std::fmt;
 
-use tracing::field::{Field, Visit};
 use tracing::{Event, Subscriber};
 use tracing_subscriber::field::RecordFields;
 use tracing_subscriber::fmt::format::Writer;
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields, FormattedFields};
 use tracing_subscriber::registry::LookupSpan;
 
-use crate::log::{for_each_span_fields, level_name, EventFields};
+use crate::log::{each_field, for_each_span_fields, level_name, EventFields};
 
 /// Formats span fields as `"key":"value"` members, to be spliced into each event's object.
 pub struct JsonFields;
 
 impl<'w> FormatFields<'w> for JsonFields {
     fn format_fields<R: RecordFields>(&self, mut writer: Writer<'w>, fields: R) -> fmt::Result {
-        let mut visitor = MemberVisitor {
-            writer: &mut writer,
-            first: true,
-            result: Ok(()),
-        };
-        fields.record(&mut visitor);
-        visitor.result
+        each_field(fields, |first, name, value| {
+            if !first {
+                writer.write_char(',')?;
+            }
+            member(&mut writer, name, value)
+        })
     }
 
     /// Fields recorded later (a connection's id, its pid) join the members already there.
@@ -49,31 +47,6 @@ impl<'w> FormatFields<'w> for JsonFields {
             current.fields.push_str(&more);
         }
         Ok(())
-    }
-}
-
-struct MemberVisitor<'a, 'w> {
-    writer: &'a mut Writer<'w>,
-    first: bool,
-    result: fmt::Result,
-}
-
-impl Visit for MemberVisitor<'_, '_> {
-    fn record_str(&mut self, field: &Field, value: &str) {
-        if self.result.is_err() {
-            return;
-        }
-        if !self.first {
-            self.result = self.writer.write_char(',');
-        }
-        self.first = false;
-        self.result = self
-            .result
-            .and_then(|()| member(self.writer, field.name(), value));
-    }
-
-    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
-        self.record_str(field, &format!("{value:?}"));
     }
 }
 
