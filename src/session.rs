@@ -485,12 +485,7 @@ async fn pump_output(
                     return End::SendFailed(e.to_string());
                 }
             }
-            (lines, ended) = async {
-                stderr.as_mut().expect("guarded by the select condition").read().await
-            }, if stderr.is_some() => {
-                if ended {
-                    *stderr = None;
-                }
+            lines = read_stderr(stderr), if stderr.is_some() => {
                 if config.pass_stderr {
                     let batch = lines
                         .iter()
@@ -755,11 +750,7 @@ async fn read_into(
                 }
                 if !batch.is_empty() || large.is_some() {
                     let delivered = write_pipe(pipe, batch, large, &reader.stats, socket_fd).await;
-                    if batch.capacity() > STDIN_BATCH {
-                        // Do not keep a burst's buffer for the rest of a long, quiet session.
-                        *batch = BytesMut::new();
-                    }
-                    batch.clear();
+                    recycle(batch);
                     if let Some(end) = delivered.apply(stdin) {
                         return end;
                     }
@@ -887,9 +878,7 @@ async fn write_pipe(
             pipe.write_all(batch).await?;
         }
         if let Some(item) = large {
-            let newline: &[u8] = if item.newline { b"\n" } else { b"" };
-            // One writev for the message and its newline.
-            pipe.write_all_buf(&mut item.data.chain(newline)).await?;
+            write_item(pipe, item).await?;
         }
         Ok::<_, std::io::Error>(())
     };
@@ -994,7 +983,7 @@ pub(crate) async fn write_stdin(mut stdin: ChildStdin, mut rx: mpsc::Receiver<St
     let mut next = rx.recv().await;
     while let Some(item) = next.take() {
         let result = if item.len() >= STDIN_BATCH {
-            write_item(&mut stdin, &item).await
+            write_item(&mut stdin, item).await
         } else {
             append(&mut batch, &item);
             while batch.len() < STDIN_BATCH {
@@ -1008,11 +997,7 @@ pub(crate) async fn write_stdin(mut stdin: ChildStdin, mut rx: mpsc::Receiver<St
                 }
             }
             let r = stdin.write_all(&batch).await;
-            if batch.capacity() > STDIN_BATCH {
-                // Do not keep a burst's buffer for the rest of a long, quiet session.
-                batch = BytesMut::new();
-            }
-            batch.clear();
+            recycle(&mut batch);
             r
         };
         if let Err(e) = result {
@@ -1032,12 +1017,19 @@ fn append(batch: &mut BytesMut, item: &StdinItem) {
     }
 }
 
-async fn write_item(stdin: &mut ChildStdin, item: &StdinItem) -> std::io::Result<()> {
-    stdin.write_all(&item.data).await?;
-    if item.newline {
-        stdin.write_all(b"\n").await?;
+/// Empties a batch after its write, without keeping a burst's buffer for the rest of a long,
+/// quiet session.
+fn recycle(batch: &mut BytesMut) {
+    if batch.capacity() > STDIN_BATCH {
+        *batch = BytesMut::new();
     }
-    Ok(())
+    batch.clear();
+}
+
+/// Writes one message and its newline with one writev, without copying it.
+async fn write_item(stdin: &mut ChildStdin, item: StdinItem) -> std::io::Result<()> {
+    let newline: &[u8] = if item.newline { b"\n" } else { b"" };
+    stdin.write_all_buf(&mut item.data.chain(newline)).await
 }
 
 /// A child's stderr: each line is logged as it is read.
@@ -1079,6 +1071,17 @@ impl StderrLog {
     }
 }
 
+/// Reads and logs `stderr` once ([`StderrLog::read`]); the lines read. Sets it to `None` once
+/// it has ended. Polled only while it is `Some` (a `select!` condition).
+async fn read_stderr(stderr: &mut Option<StderrLog>) -> Vec<Bytes> {
+    let log = stderr.as_mut().expect("guarded by the select condition");
+    let (lines, ended) = log.read().await;
+    if ended {
+        *stderr = None;
+    }
+    lines
+}
+
 /// Runs `work`, logging `stderr` meanwhile.
 async fn log_stderr_during<F: std::future::Future>(
     stderr: &mut Option<StderrLog>,
@@ -1089,13 +1092,7 @@ async fn log_stderr_during<F: std::future::Future>(
         tokio::select! {
             biased;
             out = &mut work => return out,
-            (_, ended) = async {
-                stderr.as_mut().expect("guarded by the select condition").read().await
-            }, if stderr.is_some() => {
-                if ended {
-                    *stderr = None;
-                }
-            }
+            _ = read_stderr(stderr), if stderr.is_some() => {}
         }
     }
 }
