@@ -91,6 +91,11 @@ impl Shared {
     }
 }
 
+/// A client's address as the log names it: its IP, or "unix socket".
+pub(crate) fn client_ip(addr: Option<std::net::SocketAddr>) -> String {
+    addr.map_or_else(|| "unix socket".to_string(), |a| a.ip().to_string())
+}
+
 /// The client end of one HTTP connection.
 #[derive(Debug, Clone)]
 pub struct Peer {
@@ -143,7 +148,6 @@ pub async fn handle(
         .to_string();
     let url = tell_url(
         &shared.config,
-        "http",
         &host,
         req.uri().path_and_query().map_or("/", |p| p.as_str()),
     );
@@ -152,9 +156,7 @@ pub async fn handle(
     let head_len = head_size(&req);
     if head_len > shared.config.max_header_bytes {
         span.in_scope(|| {
-            let remote = peer
-                .addr
-                .map_or_else(|| "unix socket".to_string(), |a| a.ip().to_string());
+            let remote = client_ip(peer.addr);
             crate::access!(
                 "http",
                 "431: request headers from {remote} over --max-header-bytes ({head_len} bytes)"
@@ -220,14 +222,13 @@ fn is_upgrade<B>(req: &Request<B>) -> bool {
     has_token(header::UPGRADE, "websocket") && has_token(header::CONNECTION, "upgrade")
 }
 
-/// websocketd's TellURL: a host starting with ':' gets the machine's name, and with --ssl
-/// the scheme gets its "s" (http becomes https, ws wss).
-fn tell_url(config: &Config, scheme: &str, host: &str, path: &str) -> String {
-    let secure = format!("{scheme}s");
+/// websocketd's TellURL of a request: a host starting with ':' gets the machine's name, and
+/// with --ssl the scheme is https.
+fn tell_url(config: &Config, host: &str, path: &str) -> String {
     let scheme = if config.tls.is_some() {
-        &secure
+        "https"
     } else {
-        scheme
+        "http"
     };
     if host.starts_with(':') {
         format!("{scheme}://{}{host}{path}", config.hostname)

@@ -154,6 +154,15 @@ impl<F: FnMut(bool, &str, &str) -> fmt::Result> Visit for FieldVisitor<F> {
     }
 }
 
+/// An I/O error's text as Go prints it: without Rust's " (os error N)" suffix.
+pub(crate) fn os_error_text(e: &std::io::Error) -> String {
+    let text = e.to_string();
+    match text.split_once(" (os error") {
+        Some((head, _)) => head.to_string(),
+        None => text,
+    }
+}
+
 /// An event's level by websocketd's name (`access`, `fatal`, ...); see the table above.
 pub(crate) fn level_name(meta: &tracing::Metadata<'_>) -> &'static str {
     match (*meta.level(), meta.target()) {

@@ -49,14 +49,14 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     let mut listeners = adopt_inherited()?;
     if listeners.is_empty() {
         for addr in &config.tcp {
-            listeners.push(bind_tcp(addr).await?);
+            listeners.push(Listener::Tcp(bind_tcp(addr).await?, addr.host.clone()));
         }
     }
     if let Some(path) = &config.unix_socket {
         listeners.push(Listener::Unix(bind_unix(path).await?, path.clone()));
     }
     let metrics = match &config.metrics {
-        Some(addr) => Some(bind_metrics(addr).await?),
+        Some(addr) => Some(bind_tcp(addr).await?),
         None => None,
     };
     let redirects = bind_redirects(&config, &listeners).await?;
@@ -190,14 +190,6 @@ fn adopt_inherited() -> Result<Vec<Listener>, StartError> {
     Ok(listeners)
 }
 
-/// `--metrics`: its own TCP listener.
-async fn bind_metrics(addr: &TcpAddr) -> Result<TcpListener, StartError> {
-    let Listener::Tcp(listener, _) = bind_tcp(addr).await? else {
-        unreachable!("bind_tcp returns a TCP listener");
-    };
-    Ok(listener)
-}
-
 /// SIGINT and SIGTERM, the two signals that shut wsd down.
 struct Signals(Option<(tokio::signal::unix::Signal, tokio::signal::unix::Signal)>);
 
@@ -232,16 +224,15 @@ impl Signals {
 /// Go's wording for a failed listen, which websocketd's users and tests look for
 /// ("listen tcp 127.0.0.1:80: bind: address already in use").
 fn listen_error(network: &str, addr: &str, e: &io::Error) -> StartError {
-    let text = e.to_string();
-    let text = text.split(" (os error").next().unwrap_or(&text);
-    let mut lower = text.to_string();
+    let mut lower = crate::log::os_error_text(e);
     if let Some(first) = lower.get(..1) {
         lower = first.to_lowercase() + &lower[1..];
     }
     StartError(format!("listen {network} {addr}: bind: {lower}"))
 }
 
-async fn bind_tcp(addr: &TcpAddr) -> Result<Listener, StartError> {
+/// Binds one TCP address (`--port`/`--address`, `--metrics`, `--redirport`).
+async fn bind_tcp(addr: &TcpAddr) -> Result<TcpListener, StartError> {
     let shown = if addr.host.contains(':') {
         format!("[{}]:{}", addr.host, addr.port)
     } else {
@@ -275,7 +266,7 @@ async fn bind_tcp(addr: &TcpAddr) -> Result<Listener, StartError> {
             .await
             .map_err(|e| listen_error("tcp", &shown, &e))?
     };
-    Ok(Listener::Tcp(listener, addr.host.clone()))
+    Ok(listener)
 }
 
 /// Binds the Unix socket, removing a stale socket file but never one a live server holds.
@@ -326,9 +317,7 @@ async fn bind_redirects(
             })
             .unwrap_or(addr.port);
         let host = addr.host.clone();
-        if let Listener::Tcp(l, _) = bind_tcp(&TcpAddr { host, port }).await? {
-            redirects.push((l, main_port));
-        }
+        redirects.push((bind_tcp(&TcpAddr { host, port }).await?, main_port));
     }
     Ok(redirects)
 }
@@ -488,7 +477,7 @@ where
 /// Logs, once per connection, why hyper gave up on it. Malformed and oversized requests have
 /// already been answered (400, 431) by hyper; a header timeout closes without an answer.
 fn log_connection_error(e: &hyper::Error, remote: Option<SocketAddr>) {
-    let remote = remote.map_or_else(|| "unix socket".to_string(), |a| a.ip().to_string());
+    let remote = crate::http::client_ip(remote);
     if e.is_timeout() {
         crate::metrics::rejected("header_timeout");
         crate::access!(

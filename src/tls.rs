@@ -125,7 +125,7 @@ impl Tls {
         S: AsyncRead + AsyncWrite + Unpin,
     {
         let deadline = Instant::now() + limit.unwrap_or(HANDSHAKE_TIMEOUT);
-        let who = remote.map_or_else(|| "unix socket".to_string(), |a| a.ip().to_string());
+        let who = crate::http::client_ip(remote);
         let timed_out = || {
             crate::access!(
                 "tls",
@@ -257,9 +257,11 @@ fn server_config(files: &TlsFiles) -> Result<ServerConfig, String> {
 
 fn read_file(flag: &str, path: &Path) -> Result<Vec<u8>, String> {
     std::fs::read(path).map_err(|e| {
-        let text = e.to_string();
-        let text = text.split(" (os error").next().unwrap_or(&text);
-        format!("{flag}: cannot read '{}': {text}", path.display())
+        format!(
+            "{flag}: cannot read '{}': {}",
+            path.display(),
+            crate::log::os_error_text(&e)
+        )
     })
 }
 
