@@ -10,23 +10,18 @@ use std::convert::Infallible;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderValue};
-use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 
 use crate::config::Config;
 use crate::http::Shared;
-
-/// Pause after a failed accept before trying again.
-const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
 /// Accepts on `listener` until shutdown; every request is sent to `main_port`.
 pub async fn serve(listener: TcpListener, main_port: u16, shared: Arc<Shared>) {
@@ -39,11 +34,7 @@ pub async fn serve(listener: TcpListener, main_port: u16, shared: Arc<Shared>) {
         let (stream, remote) = match accepted {
             Ok(a) => a,
             Err(e) => {
-                if last_error != Some(e.kind()) {
-                    crate::error!("server", "redirect: accept failed: {e}; retrying");
-                    last_error = Some(e.kind());
-                }
-                tokio::time::sleep(ACCEPT_BACKOFF).await;
+                crate::server::accept_failed(&mut last_error, "redirect: ", &e).await;
                 continue;
             }
         };
@@ -58,15 +49,9 @@ pub async fn serve(listener: TcpListener, main_port: u16, shared: Arc<Shared>) {
                 let resp = answer(&config, &req, local, main_port, remote);
                 async move { Ok::<_, Infallible>(resp) }
             });
-            let mut builder = http1::Builder::new();
-            builder
-                .timer(TokioTimer::new())
+            let conn = crate::server::http1_builder(&shared.config)
                 .keep_alive(false)
-                .max_buf_size(shared.config.max_header_bytes);
-            if let Some(t) = shared.config.header_timeout {
-                builder.header_read_timeout(t);
-            }
-            let conn = builder.serve_connection(TokioIo::new(stream), service);
+                .serve_connection(TokioIo::new(stream), service);
             tokio::select! {
                 r = conn => if let Err(e) = r {
                     crate::debug!("http", "redirect: connection from {}: {e}", remote.ip());

@@ -363,16 +363,36 @@ async fn accept_loop(listener: Listener, shared: Arc<Shared>) {
                 }
                 tokio::time::sleep(ACCEPT_BACKOFF).await;
             }
-            Err(e) => {
-                // Logged once per kind of failure, not once per retry.
-                if last_error != Some(e.kind()) {
-                    crate::error!("server", "accept failed: {e}; retrying");
-                    last_error = Some(e.kind());
-                }
-                tokio::time::sleep(ACCEPT_BACKOFF).await;
-            }
+            Err(e) => accept_failed(&mut last_error, "", &e).await,
         }
     }
+}
+
+/// Logs a failed accept once per kind of failure, not once per retry (`last_error` holds the
+/// kind last logged), then pauses before the next try.
+pub(crate) async fn accept_failed(
+    last_error: &mut Option<io::ErrorKind>,
+    listener: &str,
+    e: &io::Error,
+) {
+    if *last_error != Some(e.kind()) {
+        crate::error!("server", "{listener}accept failed: {e}; retrying");
+        *last_error = Some(e.kind());
+    }
+    tokio::time::sleep(ACCEPT_BACKOFF).await;
+}
+
+/// hyper's HTTP/1 server settings for a connection: the request head bounded by
+/// `--max-header-bytes` and, unless it is off, `--header-timeout-ms`.
+pub(crate) fn http1_builder(config: &Config) -> http1::Builder {
+    let mut builder = http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .max_buf_size(config.max_header_bytes);
+    if let Some(t) = config.header_timeout {
+        builder.header_read_timeout(t);
+    }
+    builder
 }
 
 enum Stream {
@@ -446,14 +466,7 @@ where
     let peer = Arc::new(peer);
     let svc_shared = shared.clone();
     let service = service_fn(move |req| http::handle(svc_shared.clone(), peer.clone(), req));
-    let mut builder = http1::Builder::new();
-    builder
-        .timer(TokioTimer::new())
-        .max_buf_size(shared.config.max_header_bytes);
-    if let Some(t) = shared.config.header_timeout {
-        builder.header_read_timeout(t);
-    }
-    let conn = builder
+    let conn = http1_builder(&shared.config)
         .serve_connection(
             TokioIo::new(crate::lenient::LenientTarget::new(io)),
             service,
