@@ -427,6 +427,19 @@ mod tests {
             Some(("::1".into(), "80".into()))
         );
         assert_eq!(split_host_port("::1", false), None);
+        // Over https (--ssl, or a trusted proxy's word), the origin check's defaults.
+        assert_eq!(
+            split_host_port("[::1]", true),
+            Some(("::1".into(), "443".into()))
+        );
+        assert_eq!(
+            split_host_port("[::1]:8443", true),
+            Some(("::1".into(), "8443".into()))
+        );
+        assert_eq!(
+            split_host_port("h:8080", true),
+            Some(("h".into(), "8080".into()))
+        );
     }
 
     #[test]

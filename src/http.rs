@@ -635,7 +635,8 @@ pub(crate) fn check_origin<B>(
     let origin = crate::origin::effective_origin(origin_header, config).to_string();
     span.record("origin", origin.as_str());
     let host = crate::proxy::origin_host(req, host);
-    if let Err(refused) = crate::origin::check(&origin, &host, config) {
+    let https = config.tls.is_some() || crate::proxy::https(req);
+    if let Err(refused) = crate::origin::check(&origin, host, https, config) {
         crate::access!("session", "{}", refused.0);
         return Err(Box::new(refuse(
             config,

@@ -17,8 +17,11 @@ pub fn effective_origin<'a>(header: Option<&'a str>, config: &Config) -> &'a str
     }
 }
 
-/// Checks an upgrade's Origin against the configuration. `host` is the request's Host header.
-pub fn check(origin: &str, host: &str, config: &Config) -> Result<(), Refused> {
+/// Checks an upgrade's Origin against the configuration. `host` is the host the client asked
+/// for (the Host header, or what a trusted proxy forwarded); `https` says whether the client
+/// came over https (`--ssl`, or a trusted proxy said so), which gives a host without a port
+/// port 443.
+pub fn check(origin: &str, host: &str, https: bool, config: &Config) -> Result<(), Refused> {
     let (scheme, origin_host) =
         parse_origin(origin).ok_or_else(|| Refused(format!("Origin parsing error: '{origin}'")))?;
     if !config.same_origin && config.allow_origins.is_none() {
@@ -27,7 +30,7 @@ pub fn check(origin: &str, host: &str, config: &Config) -> Result<(), Refused> {
     let (o_server, o_port) = split_host_port(origin_host, scheme.eq_ignore_ascii_case("https"))
         .ok_or_else(|| Refused(format!("Origin hostname parsing error: '{origin_host}'")))?;
     if config.same_origin {
-        let (l_server, l_port) = split_host_port(host, config.tls.is_some())
+        let (l_server, l_port) = split_host_port(host, https)
             .ok_or_else(|| Refused(format!("Request hostname parsing error: '{host}'")))?;
         if o_server != l_server || o_port != l_port {
             return Err(Refused("Same origin policy mismatch".into()));

@@ -100,26 +100,6 @@ pub struct Forwarded {
     pub host: Option<String>,
 }
 
-impl Forwarded {
-    /// The host for the origin check: the forwarded host (else `host_header`), with the port
-    /// written out when the scheme's default differs from plain HTTP's.
-    pub fn origin_host(&self, host_header: &str) -> String {
-        let host = self.host.as_deref().unwrap_or(host_header);
-        if self.https && !has_port(host) {
-            format!("{host}:443")
-        } else {
-            host.to_string()
-        }
-    }
-}
-
-fn has_port(host: &str) -> bool {
-    match host.rfind(']') {
-        Some(end) => host[end..].contains(':'),
-        None => host.contains(':'),
-    }
-}
-
 /// Records what a trusted proxy says about `req` in its extensions, for [`client`] and
 /// [`origin_host`]; a request from any other peer is left alone.
 pub fn annotate<B>(trusted: &[Cidr], peer: Option<SocketAddr>, req: &mut hyper::Request<B>) {
@@ -149,11 +129,11 @@ pub fn https<B>(req: &hyper::Request<B>) -> bool {
 }
 
 /// The host the origin check compares with: the forwarded one, else the Host header.
-pub fn origin_host<B>(req: &hyper::Request<B>, host_header: &str) -> String {
-    match req.extensions().get::<Forwarded>() {
-        Some(f) => f.origin_host(host_header),
-        None => host_header.to_string(),
-    }
+pub fn origin_host<'a, B>(req: &'a hyper::Request<B>, host_header: &'a str) -> &'a str {
+    req.extensions()
+        .get::<Forwarded>()
+        .and_then(|f| f.host.as_deref())
+        .unwrap_or(host_header)
 }
 
 /// What the request's forwarding headers say, if the peer is a trusted proxy; `None` when
@@ -460,15 +440,6 @@ mod tests {
         let f = resolve(&cidrs(&["127.0.0.1"]), peer("127.0.0.1:80"), &h).unwrap();
         assert!(f.https);
         assert_eq!(f.host.as_deref(), Some("example.com"));
-        assert_eq!(f.origin_host("ignored"), "example.com:443");
-        let plain = Forwarded::default();
-        assert_eq!(plain.origin_host("h:8080"), "h:8080");
-        let tls = Forwarded {
-            https: true,
-            ..Forwarded::default()
-        };
-        assert_eq!(tls.origin_host("[::1]"), "[::1]:443");
-        assert_eq!(tls.origin_host("[::1]:8443"), "[::1]:8443");
     }
 
     #[test]
