@@ -1,9 +1,9 @@
 //! `--metrics ADDR:PORT`: counters for Prometheus, served on a listener of their own.
 //!
-//! The metrics live in one process-wide registry, always counted (a few atomic additions per
-//! message, next to the socket and pipe calls they count) and served only when `--metrics` is
-//! given. The rest of wsd reports through the one-line functions and guards below, so that the
-//! code that does the work says what it counts and nothing more.
+//! The metrics live in one process-wide registry, counted and served only when `--metrics` is
+//! given (without it, each hook below is a load and a branch). The rest of wsd reports through
+//! the one-line functions and guards below, so that the code that does the work says what it
+//! counts and nothing more.
 //!
 //! | metric | what |
 //! |---|---|
@@ -22,6 +22,7 @@
 //! values are bounded by the programs that exist.
 
 use std::convert::Infallible;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::LazyLock;
 use std::time::{Duration, Instant};
 
@@ -181,13 +182,31 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
     Metrics { registry, ..m }
 });
 
+/// Whether anything is counted: only with `--metrics`, so that without it the hooks below
+/// cost a load and a branch, not a shared counter or a label lookup per connection.
+static ENABLED: AtomicBool = AtomicBool::new(false);
+
+/// Starts counting; called once `--metrics` has its listener, before any connection.
+pub fn enable() {
+    ENABLED.store(true, Ordering::Relaxed);
+}
+
+fn enabled() -> bool {
+    ENABLED.load(Ordering::Relaxed)
+}
+
 /// A connection was accepted.
 pub fn http_connection() {
-    METRICS.http_connections.inc();
+    if enabled() {
+        METRICS.http_connections.inc();
+    }
 }
 
 /// A connection was refused: an HTTP status (`"429"`), or `header_timeout` or `evicted`.
 pub fn rejected(reason: &'static str) {
+    if !enabled() {
+        return;
+    }
     METRICS
         .rejected
         .get_or_create(&ReasonLabel { reason })
@@ -214,48 +233,61 @@ pub fn rejected_status(status: StatusCode) {
 
 /// An upgrade request that began at `started` was answered with `status`.
 pub fn handshake(started: Instant, status: StatusCode) {
-    if status == StatusCode::SWITCHING_PROTOCOLS {
+    if enabled() && status == StatusCode::SWITCHING_PROTOCOLS {
         METRICS.handshake.observe(started.elapsed().as_secs_f64());
     }
 }
 
 /// Messages written to a client.
 pub fn sent(messages: u64, bytes: u64) {
-    METRICS.messages_sent.inc_by(messages);
-    METRICS.bytes_sent.inc_by(bytes);
+    if enabled() {
+        METRICS.messages_sent.inc_by(messages);
+        METRICS.bytes_sent.inc_by(bytes);
+    }
 }
 
 /// A message from a client.
 pub fn received(bytes: u64) {
-    METRICS.messages_received.inc();
-    METRICS.bytes_received.inc_by(bytes);
+    if enabled() {
+        METRICS.messages_received.inc();
+        METRICS.bytes_received.inc_by(bytes);
+    }
 }
 
 /// A program could not be started.
 pub fn spawn_failed() {
-    METRICS.spawn_failures.inc();
+    if enabled() {
+        METRICS.spawn_failures.inc();
+    }
 }
 
 /// A running program: counted from its start until this is dropped (when it is reaped).
-pub struct ChildRunning(());
+pub struct ChildRunning(bool);
 
 impl ChildRunning {
     pub fn start() -> ChildRunning {
-        METRICS.children_spawned.inc();
-        METRICS.children_running.inc();
-        ChildRunning(())
+        let counted = enabled();
+        if counted {
+            METRICS.children_spawned.inc();
+            METRICS.children_running.inc();
+        }
+        ChildRunning(counted)
     }
 }
 
 impl Drop for ChildRunning {
     fn drop(&mut self) {
-        METRICS.children_running.dec();
+        if self.0 {
+            METRICS.children_running.dec();
+        }
     }
 }
 
 /// One WebSocket connection on `route`, open until this is dropped; [`SessionMetrics::close`]
-/// records its close code (without it, 1006).
-pub struct SessionMetrics {
+/// records its close code (without it, 1006). Without `--metrics` it holds and does nothing.
+pub struct SessionMetrics(Option<Session>);
+
+struct Session {
     route: String,
     started: Instant,
     code: u16,
@@ -263,40 +295,52 @@ pub struct SessionMetrics {
 
 impl SessionMetrics {
     pub fn open(route: &str) -> SessionMetrics {
+        if !enabled() {
+            return SessionMetrics(None);
+        }
         let label = RouteLabel {
             route: route.to_string(),
         };
         METRICS.opened.get_or_create(&label).inc();
         METRICS.open.get_or_create(&label).inc();
-        SessionMetrics {
+        SessionMetrics(Some(Session {
             route: label.route,
             started: Instant::now(),
             code: 1006,
-        }
+        }))
     }
 
     /// The connection ended with a close frame of `code` (0: without one).
     pub fn close(mut self, code: u16) {
-        if code != 0 {
-            self.code = code;
+        if let Some(session) = &mut self.0 {
+            if code != 0 {
+                session.code = code;
+            }
         }
     }
 }
 
 impl Drop for SessionMetrics {
     fn drop(&mut self) {
-        let route = std::mem::take(&mut self.route);
+        let Some(session) = self.0.take() else {
+            return;
+        };
         METRICS
             .session
-            .observe(self.started.elapsed().as_secs_f64());
+            .observe(session.started.elapsed().as_secs_f64());
         METRICS
             .closed
             .get_or_create(&CloseLabels {
-                route: route.clone(),
-                code: self.code.to_string(),
+                route: session.route.clone(),
+                code: session.code.to_string(),
             })
             .inc();
-        METRICS.open.get_or_create(&RouteLabel { route }).dec();
+        METRICS
+            .open
+            .get_or_create(&RouteLabel {
+                route: session.route,
+            })
+            .dec();
     }
 }
 
@@ -374,6 +418,7 @@ mod tests {
 
     #[test]
     fn a_session_is_counted_open_then_closed_with_its_code() {
+        enable();
         let s = SessionMetrics::open("/unit-test-route");
         let text = render();
         assert!(

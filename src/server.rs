@@ -56,7 +56,11 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         listeners.push(Listener::Unix(bind_unix(path).await?, path.clone()));
     }
     let metrics = match &config.metrics {
-        Some(addr) => Some(bind_tcp(addr).await?),
+        Some(addr) => {
+            let listener = bind_tcp(addr).await?;
+            crate::metrics::enable();
+            Some(listener)
+        }
         None => None,
     };
     let redirects = bind_redirects(&config, &listeners).await?;
