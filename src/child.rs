@@ -92,6 +92,19 @@ fn signal_name(sig: i32) -> &'static str {
     }
 }
 
+/// Sleeps for `pause` in a synchronous caller on a runtime worker. On the multi-thread
+/// runtime tokio first hands the worker's other tasks to another thread, so that the other
+/// connections do not stall with it.
+fn pause_worker(pause: Duration) {
+    let multi_thread = tokio::runtime::Handle::try_current()
+        .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+    if multi_thread {
+        tokio::task::block_in_place(|| std::thread::sleep(pause));
+    } else {
+        std::thread::sleep(pause);
+    }
+}
+
 impl ChildProcess {
     /// Starts `program` with exactly `env`, in a new process group, with all three stdio piped.
     ///
@@ -130,7 +143,7 @@ impl ChildProcess {
             ) {
                 Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) && tries < 5 => {
                     tries += 1;
-                    std::thread::sleep(Duration::from_millis(2 << tries));
+                    pause_worker(Duration::from_millis(2 << tries));
                 }
                 other => break other.inspect_err(|_| crate::metrics::spawn_failed())?,
             }

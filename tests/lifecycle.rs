@@ -496,3 +496,30 @@ async fn the_access_log_has_one_connect_and_one_disconnect_line_per_connection()
         format!("exit status 0, in 2 msgs / 13 bytes, out 3 msgs / {out_bytes} bytes")
     );
 }
+
+/// A script that another process still holds open for writing cannot be executed for a moment
+/// (ETXTBSY, as when an editor or a deploy has just written it): wsd tries again briefly
+/// instead of failing the connection.
+#[tokio::test]
+async fn a_script_still_open_for_writing_starts_once_the_writer_lets_go() {
+    let dir = TempDir::new("txtbsy");
+    let script = dir.script("busy.sh", "echo started");
+    let wsd = Wsd::start(&[s(&script)]);
+    let writer = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&script)
+        .unwrap();
+    // Closed 20 ms after the handshake starts; wsd's retries span about 120 ms.
+    let closer = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(20));
+        drop(writer);
+    });
+    let mut c = wsd.connect("/").await;
+    assert_eq!(c.recv_text().await, "started");
+    closer.join().unwrap();
+    assert!(
+        wsd.stdout().iter().all(|l| !l.contains("Could not launch")),
+        "{:?}",
+        wsd.stdout()
+    );
+}
