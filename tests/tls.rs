@@ -208,6 +208,13 @@ async fn wss(port: u16, path: &str, config: ClientConfig) -> Client {
         .unwrap_or_else(|e| panic!("wss://127.0.0.1:{port}{path}: {e}"))
 }
 
+/// Connects over wss:// to `/`, checks that `text` comes back, and closes.
+async fn assert_wss_echoes(port: u16, config: ClientConfig, text: &str) {
+    let mut c = wss(port, "/", config).await;
+    assert_echoes(&mut c, text).await;
+    c.close().await;
+}
+
 /// The certificate the server presented on a wss:// connection.
 fn peer_cert(client: &Client) -> CertificateDer<'static> {
     match client.ws.get_ref() {
@@ -272,9 +279,7 @@ async fn a_sec1_ec_private_key_as_websocketd_tests_write_it_works() {
         .unwrap()
         .starts_with("-----BEGIN EC PRIVATE KEY-----"));
     let wsd = start_tls(&cert, &key, &["cat"]);
-    let mut c = wss(wsd.port, "/", pki.client_default()).await;
-    assert_echoes(&mut c, "sec1").await;
-    c.close().await;
+    assert_wss_echoes(wsd.port, pki.client_default(), "sec1").await;
 }
 
 #[tokio::test]
@@ -322,9 +327,7 @@ async fn rsa_keys_in_pkcs8_and_pkcs1_form_both_work() {
     for key_file in [&pkcs8, &pkcs1] {
         let wsd = start_tls(&cert, key_file, &["cat"]);
         for versions in [&[&rustls::version::TLS13][..], &[&rustls::version::TLS12]] {
-            let mut c = wss(wsd.port, "/", pki.client(versions)).await;
-            assert_echoes(&mut c, "rsa").await;
-            c.close().await;
+            assert_wss_echoes(wsd.port, pki.client(versions), "rsa").await;
         }
     }
 }
@@ -377,9 +380,7 @@ async fn a_client_offering_only_tls_1_1_is_refused() {
         reply.is_empty() || reply[0] == 0x15,
         "a TLS 1.1 client got an answer other than an alert: {reply:02x?}"
     );
-    let mut c = wss(wsd.port, "/", pki.client_default()).await;
-    assert_echoes(&mut c, "still serving").await;
-    c.close().await;
+    assert_wss_echoes(wsd.port, pki.client_default(), "still serving").await;
 }
 
 #[tokio::test]
@@ -468,9 +469,7 @@ async fn go_style_flag_spellings_work_for_tls() {
     let pki = Pki::new("tls-spelling");
     let (cert, key, _) = pki.server("server", false);
     let wsd = GracefulWsd::start(&["-ssl", "-sslcert", s(&cert), "-sslkey", s(&key), "cat"]);
-    let mut c = wss(wsd.port, "/", pki.client_default()).await;
-    assert_echoes(&mut c, "spelled").await;
-    c.close().await;
+    assert_wss_echoes(wsd.port, pki.client_default(), "spelled").await;
 }
 
 #[tokio::test]
@@ -522,9 +521,7 @@ async fn plain_http_on_the_tls_port_gets_a_400_and_the_server_keeps_serving() {
         response.contains("HTTP request to an HTTPS server"),
         "{response}"
     );
-    let mut c = wss(wsd.port, "/", pki.client_default()).await;
-    assert_echoes(&mut c, "after plain http").await;
-    c.close().await;
+    assert_wss_echoes(wsd.port, pki.client_default(), "after plain http").await;
 }
 
 #[tokio::test]
@@ -592,9 +589,7 @@ fn start_mtls(pki: &Pki) -> GracefulWsd {
 async fn mutual_tls_accepts_a_client_certificate_signed_by_the_ca() {
     let pki = Pki::new("tls-mtls-ok");
     let wsd = start_mtls(&pki);
-    let mut c = wss(wsd.port, "/", pki.client_with_cert(&pki.ca)).await;
-    assert_echoes(&mut c, "mtls hello").await;
-    c.close().await;
+    assert_wss_echoes(wsd.port, pki.client_with_cert(&pki.ca), "mtls hello").await;
 }
 
 #[tokio::test]
@@ -712,9 +707,7 @@ async fn redirport_answers_301_to_the_https_url_with_path_and_query() {
         "{response}"
     );
     // The main port is still TLS.
-    let mut c = wss(wsd.port, "/", pki.client_default()).await;
-    assert_echoes(&mut c, "redirected").await;
-    c.close().await;
+    assert_wss_echoes(wsd.port, pki.client_default(), "redirected").await;
 }
 
 #[test]
